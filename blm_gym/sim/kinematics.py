@@ -1,0 +1,85 @@
+"""Unicycle kinematics on ``(acceleration, yaw_rate)`` actions.
+
+Written once for numpy arrays and torch tensors (the VAE decoder integrates its actions with the
+same function, differentiably), without importing torch here: the array module is taken from
+the inputs.
+
+Model (semi-implicit Euler, step ``dt`` seconds)::
+
+    speed'   = clip(speed + accel * dt, 0, MAX_SPEED)
+    heading' = heading + yaw_rate * dt
+    x'       = x + speed' * cos(heading') * dt
+    y'       = y + speed' * sin(heading') * dt
+
+Bounds follow BLM/tbsim: acceleration in [-10, +8] m/s^2, speed in [0, 40] m/s; yaw rate is
+bounded at +-2 rad/s (a car at 10 m/s turning at 2 rad/s pulls 20 m/s^2 laterally already).
+"""
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class ActionBounds:
+    min_accel: float = -10.0  # m/s^2
+    max_accel: float = 8.0  # m/s^2
+    max_yaw_rate: float = 2.0  # rad/s
+    max_speed: float = 40.0  # m/s
+
+
+DEFAULT_BOUNDS = ActionBounds()
+
+
+def _xp(a):
+    """The array module of ``a``: torch for tensors, numpy otherwise."""
+    return sys.modules["torch"] if type(a).__module__.startswith("torch") else np
+
+
+def unicycle_step(x, y, heading, speed, accel, yaw_rate, dt: float, bounds: ActionBounds = DEFAULT_BOUNDS):
+    """One step for any batch shape; returns ``(x, y, heading, speed)`` of the same shape."""
+    xp = _xp(x)
+    accel = xp.clip(accel, bounds.min_accel, bounds.max_accel)
+    yaw_rate = xp.clip(yaw_rate, -bounds.max_yaw_rate, bounds.max_yaw_rate)
+    speed = xp.clip(speed + accel * dt, 0.0, bounds.max_speed)
+    heading = heading + yaw_rate * dt
+    return x + speed * xp.cos(heading) * dt, y + speed * xp.sin(heading) * dt, heading, speed
+
+
+def unicycle_rollout(x0, y0, heading0, speed0, actions, dt: float, bounds: ActionBounds = DEFAULT_BOUNDS):
+    """Integrate action sequences ``(..., T, 2)`` from initial states ``(...)``.
+
+    Returns states ``(..., T, 4)`` = (x, y, heading, speed) *after* each action.
+    """
+    xp = _xp(actions)
+    state = (x0, y0, heading0, speed0)
+    out = []
+    for t in range(actions.shape[-2]):
+        state = unicycle_step(*state, actions[..., t, 0], actions[..., t, 1], dt, bounds)
+        out.append(xp.stack(state, -1))
+    return xp.stack(out, -2)
+
+
+def wrap_angle(a):
+    """Wrap angles to [-pi, pi)."""
+    return (a + np.pi) % (2 * np.pi) - np.pi
+
+
+def actions_from_states(heading: np.ndarray, speed: np.ndarray, valid: np.ndarray, dt: float,
+                        bounds: ActionBounds = DEFAULT_BOUNDS) -> tuple[np.ndarray, np.ndarray]:
+    """Inverse kinematics of logged tracks: actions ``(N, T, 2)`` and their validity ``(N, T)``.
+
+    Action ``t`` takes state ``t`` to state ``t + 1``; it is valid where both states are. The
+    last step has no successor and is invalid. Values are clipped to ``bounds``.
+    """
+    accel = np.zeros(speed.shape, np.float32)
+    yaw_rate = np.zeros(speed.shape, np.float32)
+    accel[:, :-1] = (speed[:, 1:] - speed[:, :-1]) / dt
+    yaw_rate[:, :-1] = wrap_angle(heading[:, 1:] - heading[:, :-1]) / dt
+    ok = np.zeros(valid.shape, bool)
+    ok[:, :-1] = valid[:, 1:] & valid[:, :-1]
+    accel = np.clip(np.where(ok, accel, 0.0), bounds.min_accel, bounds.max_accel)
+    yaw_rate = np.clip(np.where(ok, yaw_rate, 0.0), -bounds.max_yaw_rate, bounds.max_yaw_rate)
+    return np.stack([accel, yaw_rate], -1).astype(np.float32), ok
