@@ -3,24 +3,25 @@ from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
+import uuid
 from pathlib import Path
 from typing import Iterator
 
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temp path in the target's folder; on success rename it to ``path``, else delete it.
+    """Yield a fresh temp path beside ``path`` (same suffix, so writers pick the format); on
+    success ``os.replace`` it onto ``path``, on any failure delete it.
 
-    A crash or exception mid-write never leaves a half-written file under the final name.
+    A crash or exception mid-write never leaves a half-written file under the final name. The
+    temp file is created by the writer itself, so it gets the usual permissions (mkstemp's are 0600).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + path.suffix, dir=path.parent)
-    os.close(fd)
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp{path.suffix}")
     try:
-        yield Path(tmp)
+        yield tmp
         os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise

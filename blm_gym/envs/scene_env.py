@@ -137,6 +137,9 @@ class SceneEnv(gym.Env):
             valid_steps = np.flatnonzero(scene.traj.valid[scene.ego_index])
             start = int(valid_steps[0]) if len(valid_steps) and valid_steps[0] < scene.num_steps - 1 else start
         self.scene = scene
+        masked = np.where(scene.road.lane_mask[..., None], scene.road.lanes, np.nan)
+        self._lane_boxes = (np.nan_to_num(np.nanmin(masked, axis=1), nan=np.inf),
+                            np.nan_to_num(np.nanmax(masked, axis=1), nan=-np.inf))
         self.sim_state = SimState.from_log(scene.traj, start)
         self._start = start
         self._end = min(scene.num_steps - 1, start + int(round(self.config.horizon_s / scene.dt)))
@@ -191,8 +194,9 @@ class SceneEnv(gym.Env):
         s, e = self.sim_state, self.ego_index
         collisions = geometry.agent_collisions(s.x, s.y, s.heading, s.length, s.width, s.valid)
         offroads = geometry.offroad(self.scene.road.drivable, s.x, s.y, s.valid & self.scene.is_vehicle)
-        ttc_e = ttc.time_to_collision(s.x, s.y, s.vx, s.vy, s.length, s.width, s.valid,
-                                      horizon=self.config.ttc_horizon_s)[e]
+        # 3 discs per box (tbsim): a single bounding disc reads TTC 0 for cars in adjacent lanes
+        ttc_e = ttc.time_to_collision(s.x, s.y, s.vx, s.vy, s.length, s.width, s.valid, horizon=self.config.ttc_horizon_s,
+                                      heading=s.heading, num_discs=3)[e]
         return {"collision": bool(collisions[e]), "offroad": bool(offroads[e]),
                 "min_ttc": float(np.min(ttc_e)) if len(ttc_e) else float("inf"),
                 "collisions": collisions, "offroads": offroads}
@@ -236,17 +240,21 @@ class SceneEnv(gym.Env):
         lanes, mask = self.scene.road.lanes, self.scene.road.lane_mask
         out = np.zeros((c.num_lanes, c.lane_points, 2), np.float32)
         out_mask = np.zeros((c.num_lanes, c.lane_points), np.int8)
-        if len(lanes):
-            d = np.where(mask, np.hypot(lanes[..., 0] - s.x[e], lanes[..., 1] - s.y[e]), np.inf)
+        # Cheap prefilter by per-lane bounding boxes (computed once per scene) before point distances.
+        lo, hi = self._lane_boxes
+        gap = np.maximum(np.maximum(lo - [s.x[e], s.y[e]], [s.x[e], s.y[e]] - hi), 0)
+        cand = np.flatnonzero(np.hypot(gap[:, 0], gap[:, 1]) < c.observation_radius_m)
+        if len(cand):
+            d = np.where(mask[cand], np.hypot(lanes[cand, :, 0] - s.x[e], lanes[cand, :, 1] - s.y[e]), np.inf)
             nearest_pt = np.argmin(d, axis=1)
-            nearest_d = d[np.arange(len(lanes)), nearest_pt]
+            nearest_d = d[np.arange(len(cand)), nearest_pt]
             order = np.argsort(nearest_d, kind="stable")[: c.num_lanes]
             order = order[nearest_d[order] < c.observation_radius_m]
             pts = nearest_pt[order, None] + np.arange(c.lane_points)[None, :]
             pts_ok = pts < lanes.shape[1]
             pts = np.minimum(pts, lanes.shape[1] - 1)
-            xy = lanes[order[:, None], pts]
-            ok = mask[order[:, None], pts] & pts_ok
+            xy = lanes[cand[order][:, None], pts]
+            ok = mask[cand[order][:, None], pts] & pts_ok
             lx, ly, _ = _ego_frame(xy[..., 0], xy[..., 1], 0.0, s.x[e], s.y[e], s.heading[e])
             out[: len(order)] = np.where(ok[..., None], np.stack([lx, ly], -1), 0.0)
             out_mask[: len(order)] = ok
@@ -256,12 +264,12 @@ class SceneEnv(gym.Env):
     def render(self):
         if self.render_mode is None or self.scene is None:
             return None
-        from blm_gym.render import Renderer
+        from blm_gym.render import RenderConfig, Renderer
 
-        if self._renderer is None or self._renderer.scene is not self.scene:
-            self._renderer = Renderer(self.scene, self._render_config)
+        if self._renderer is None:
+            self._renderer = Renderer(self._render_config or RenderConfig())
         ev = self._events()
-        frame = self._renderer.render(self.sim_state, collided=ev["collisions"], offroad=ev["offroads"])
+        frame = self._renderer.render(self.scene, self.sim_state, collided=ev["collisions"], offroad=ev["offroads"])
         if self.render_mode == "human":
             self._renderer.show(frame)
             return None

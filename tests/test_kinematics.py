@@ -1,0 +1,134 @@
+"""Unicycle kinematics, inverse kinematics and the pure simulator step."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from blm_gym.data.scene import Trajectories
+from blm_gym.sim.kinematics import (
+    DEFAULT_BOUNDS, ActionBounds, actions_from_states, unicycle_rollout, unicycle_step,
+)
+from blm_gym.sim.state import Action, SimState, step
+
+torch.set_num_threads(1)
+DT = 0.1
+
+
+def test_unicycle_step_by_hand():
+    # speed 10 + 2 * 0.1 = 10.2; heading 0 + 0.5 * 0.1 = 0.05; position moves with the new state.
+    x, y, h, v = unicycle_step(np.float64(1.0), np.float64(2.0), np.float64(0.0), np.float64(10.0),
+                               np.float64(2.0), np.float64(0.5), DT)
+    assert v == pytest.approx(10.2) and h == pytest.approx(0.05)
+    assert x == pytest.approx(1.0 + 10.2 * np.cos(0.05) * DT)
+    assert y == pytest.approx(2.0 + 10.2 * np.sin(0.05) * DT)
+
+
+def test_unicycle_step_clips_actions_and_speed():
+    b = ActionBounds()
+    zeros = np.zeros(4)
+    accel = np.array([-50.0, 50.0, -3.0, 8.0])
+    yaw = np.array([-9.0, 9.0, 0.0, 1.0])
+    speed = np.array([10.0, 10.0, 0.1, 39.9])
+    _, _, h, v = unicycle_step(zeros, zeros, zeros, speed, accel, yaw, DT, b)
+    np.testing.assert_allclose(h, [-b.max_yaw_rate * DT, b.max_yaw_rate * DT, 0.0, 0.1])
+    np.testing.assert_allclose(v, [10.0 + b.min_accel * DT, 10.0 + b.max_accel * DT, 0.0, b.max_speed])
+
+
+def smooth_actions(rng, shape, steps):
+    """Gentle actions well inside the bounds: sums of slow sinusoids."""
+    t = np.arange(steps) * DT
+    phase = rng.uniform(0, 2 * np.pi, shape + (1, 2))
+    amp = np.array([1.5, 0.3])
+    return (amp * np.sin(0.8 * t[:, None] + phase)).astype(np.float32)
+
+
+def test_rollout_numpy_matches_torch_and_is_differentiable():
+    rng = np.random.default_rng(0)
+    n, steps = 5, 30
+    init = [rng.uniform(-10, 10, n), rng.uniform(-10, 10, n), rng.uniform(-3, 3, n), rng.uniform(2, 15, n)]
+    actions = smooth_actions(rng, (n,), steps)
+    out_np = unicycle_rollout(*init, actions, DT)
+    t_init = [torch.tensor(a) for a in init]
+    t_actions = torch.tensor(actions, dtype=torch.float64, requires_grad=True)
+    out_t = unicycle_rollout(*t_init, t_actions, DT)
+    assert out_np.shape == tuple(out_t.shape) == (n, steps, 4)
+    np.testing.assert_allclose(out_t.detach().numpy(), out_np, rtol=1e-6, atol=1e-6)
+    out_t[:, -1, :2].sum().backward()
+    grad = t_actions.grad
+    assert torch.isfinite(grad).all() and grad.abs().sum() > 0
+    # Earlier accelerations move the final position further (speed acts for more steps).
+    assert (grad[:, 0, 0].abs() > grad[:, -1, 0].abs()).all()
+
+
+def test_actions_from_states_inverts_a_smooth_track():
+    # An analytic lane change at varying speed (not produced by the unicycle model itself).
+    t = np.arange(60) * DT
+    speed = 12.0 + 2.0 * np.sin(0.5 * t)
+    heading = 0.15 * np.sin(0.9 * t)
+    x = np.concatenate([[0.0], np.cumsum(speed[1:] * np.cos(heading[1:]) * DT)])
+    y = np.concatenate([[0.0], np.cumsum(speed[1:] * np.sin(heading[1:]) * DT)])
+    valid = np.ones((1, len(t)), bool)
+    actions, ok = actions_from_states(heading[None], speed[None], valid, DT)
+    assert ok[0, :-1].all() and not ok[0, -1]
+    states = unicycle_rollout(x[:1], y[:1], heading[:1], speed[:1], actions[:, :-1], DT)
+    np.testing.assert_allclose(states[0, :, 2], heading[1:], atol=1e-5)
+    np.testing.assert_allclose(states[0, :, 3], speed[1:], atol=1e-4)
+    np.testing.assert_allclose(states[0, :, 0], x[1:], atol=1e-3)
+    np.testing.assert_allclose(states[0, :, 1], y[1:], atol=1e-3)
+
+
+def test_actions_from_states_masks_gaps_and_clips():
+    heading = np.zeros((1, 4), np.float32)
+    speed = np.array([[0.0, 5.0, 5.0, 5.0]], np.float32)  # +50 m/s^2 is clipped to the bound
+    valid = np.array([[True, True, False, True]])
+    actions, ok = actions_from_states(heading, speed, valid, DT)
+    np.testing.assert_array_equal(ok, [[True, False, False, False]])
+    assert actions[0, 0, 0] == DEFAULT_BOUNDS.max_accel
+    assert (actions[0, 1:] == 0).all()
+
+
+def make_log(rng, n=4, steps=12) -> Trajectories:
+    x = np.cumsum(rng.uniform(0.5, 1.5, (n, steps)), axis=1)
+    y = rng.uniform(-5, 5, (n, 1)) + np.cumsum(rng.uniform(-0.1, 0.1, (n, steps)), axis=1)
+    heading = rng.uniform(-0.2, 0.2, (n, steps))
+    speed = rng.uniform(5, 15, (n, steps))
+    valid = np.ones((n, steps), bool)
+    valid[1, :5] = False  # appears mid-log
+    valid[2, 8:] = False  # leaves the scene
+    return Trajectories.from_states(x, y, heading, speed, np.full(n, 4.5), np.full(n, 2.0), valid)
+
+
+def test_log_replay_reproduces_the_log_exactly():
+    log = make_log(np.random.default_rng(1))
+    n = log.num_agents
+    state = SimState.from_log(log, 0)
+    action = Action(np.full((n, 2), 3.0, np.float32), np.ones(n, bool))  # ignored under replay
+    for t in range(1, log.num_steps):
+        state = step(state, action, log, DT)
+        assert state.step == t
+        np.testing.assert_array_equal(state.valid, log.valid[:, t])
+        for name in ("x", "y", "heading", "speed"):
+            np.testing.assert_array_equal(getattr(state, name), getattr(log, name)[:, t])
+    with pytest.raises(ValueError, match="cannot step past"):
+        step(state, action, log, DT)
+
+
+def test_step_integrates_controlled_agents_and_spawns_late_agents():
+    log = make_log(np.random.default_rng(2))
+    n = log.num_agents
+    state = SimState.from_log(log, 0)
+    accel_yaw = np.tile(np.array([[1.0, 0.1]], np.float32), (n, 1))
+    action = Action(accel_yaw, np.array([False, False, False, True]))
+    for t in range(1, log.num_steps):
+        prev = state
+        state = step(prev, action, log, DT)
+        x, y, h, v = unicycle_step(prev.x, prev.y, prev.heading, prev.speed, 1.0, 0.1, DT)
+        controlled = prev.valid & state.valid & ~action.replay_log
+        np.testing.assert_allclose(state.x[controlled], x[controlled], rtol=1e-6)
+        np.testing.assert_allclose(state.speed[controlled], v[controlled], rtol=1e-6)
+        if t == 5:  # agent 1 enters now: spawned at its logged state although it is controlled
+            assert state.valid[1] and not prev.valid[1]
+            assert (state.x[1], state.y[1], state.speed[1]) == (log.x[1, 5], log.y[1, 5], log.speed[1, 5])
+        np.testing.assert_array_equal(state.x[3], log.x[3, t])  # replayed agent follows the log
+    assert not state.valid[2]  # left the scene when the log says so
