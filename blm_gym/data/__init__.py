@@ -1,0 +1,1 @@
+"""blm_gym.data"""
