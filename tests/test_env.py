@@ -142,3 +142,13 @@ def test_scene_without_vehicles_is_skipped_with_warning(tiny_scene_factory):
     assert ids == {"with-car"}
     for _ in range(10):
         env.step(np.zeros(2, np.float32))
+
+
+def test_check_env_nuscenes_raw_via_trajdata(tmp_path):
+    from nuscenes_fixture import write_nuscenes_fixture
+
+    root = write_nuscenes_fixture(tmp_path / "nuscenes")
+    env = gym.make("BLM-nuScenes-v0", data_dir=root, cache_dir=tmp_path / "cache", horizon_s=3.0)
+    _check(env)
+    obs, info = env.reset(options={"scene_id": "scene-0061"})
+    assert info["scene_id"] == "scene-0061" and obs["lanes_mask"].any()

@@ -34,7 +34,9 @@ def make_scenarionet_env(data_dir=None, *, scene_ids=None, config: EnvConfig | N
     return _make(ScenarioNetSource(root, scene_ids=scene_ids), config, kwargs)
 
 
-def make_nuscenes_env(data_dir=None, *, scene_ids=None, config: EnvConfig | None = None, **kwargs) -> SceneEnv:
+def make_nuscenes_env(data_dir=None, *, scene_ids=None, cache_dir=None, config: EnvConfig | None = None,
+                      **kwargs) -> SceneEnv:
+    """``cache_dir``: trajdata's cache for a raw nuScenes root (default ``~/.cache/blm_gym/trajdata``)."""
     from blm_gym.data.scenarionet import ScenarioNetSource, detect_scenarionet
 
     root = resolve_data_dir(data_dir, "BLM-nuScenes-v0")
@@ -43,7 +45,7 @@ def make_nuscenes_env(data_dir=None, *, scene_ids=None, config: EnvConfig | None
     from blm_gym.data.trajdata_source import TrajdataSource, detect_raw_nuscenes  # imports trajdata: slow
 
     if (dataset := detect_raw_nuscenes(root)) is not None:
-        source = TrajdataSource(root, dataset=dataset, scene_ids=scene_ids)
+        source = TrajdataSource(root, dataset=dataset, scene_ids=scene_ids, cache_dir=cache_dir)
     else:
         raise ValueError(
             f"{root} is neither a ScenarioNet folder (sd_*.pkl or dataset_summary.pkl) nor a raw nuScenes root "

@@ -1,0 +1,171 @@
+"""``blm-gym`` command line: demo, train, finetune, rollout, metrics, render."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("SDL_VIDEODRIVER", "dummy")  # offscreen pygame unless the user asks otherwise
+
+
+def _scene_source(env_id: str, data_dir: str | None, scene_ids: list[str] | None):
+    """The scene source behind an env id (the same one ``gym.make(env_id, data_dir=...)`` uses)."""
+    import gymnasium as gym
+
+    import blm_gym  # noqa: F401
+
+    kwargs = {"scene_ids": scene_ids} if env_id != "BLM-Synthetic-v0" else {}
+    if env_id != "BLM-Synthetic-v0":
+        kwargs["data_dir"] = data_dir
+    return gym.make(env_id, **kwargs).unwrapped.source
+
+
+def cmd_rollout(args) -> int:
+    from blm_gym.policies import make_policy
+    from blm_gym.rollout.h5 import write_rollouts
+    from blm_gym.rollout.runner import run_rollouts
+
+    scene_ids = args.scenes.split(",") if args.scenes else None
+    source = _scene_source(args.env, args.data_dir, scene_ids)
+    ids = list(source.scene_ids)
+    rollouts = run_rollouts(source, lambda: make_policy(args.policy, checkpoint=args.checkpoint), scene_ids=ids,
+                            samples=args.samples, start_step=args.start_step, horizon_s=args.horizon,
+                            controlled=args.controlled, seed=args.seed)
+    config = {k: v for k, v in vars(args).items() if k != "func"}
+    path = write_rollouts(args.out, rollouts, config)
+    print(f"wrote {len(rollouts)} scene(s) x {args.samples} sample(s) to {path}")
+    if args.render:
+        from blm_gym.render.draw import RenderConfig
+        from blm_gym.render.replay import render_rollout_videos
+
+        cfg = RenderConfig(width=args.render_size, height=args.render_size, px_per_m=args.px_per_m)
+        for video in render_rollout_videos(rollouts, source, Path(args.out).with_suffix(""), cfg, args.draw_mode):
+            print(f"wrote {video}")
+    return 0
+
+
+def cmd_metrics(args) -> int:
+    from blm_gym.metrics.report import compute_report, format_table, write_report
+    from blm_gym.rollout.h5 import read_rollouts
+
+    rollouts, meta = read_rollouts(args.rollout)
+    cfg = meta.get("config", {})
+    source = _scene_source(cfg.get("env", "BLM-Synthetic-v0"), args.data_dir or cfg.get("data_dir"),
+                           [r.scene_id for r in rollouts])
+    drivable = {sid: source.load(i).road.drivable for i, sid in enumerate(source.scene_ids)}
+    report = compute_report(rollouts, drivable)
+    out = write_report(report, args.out)
+    print(format_table(report))
+    print(f"wrote {out}")
+    return 0
+
+
+def cmd_train(args) -> int:
+    from blm_gym.config import load_config
+
+    if args.stage == "vae":
+        from blm_gym.train.vae import VAETrainConfig as Config, train_vae as train
+    else:
+        from blm_gym.train.diffusion import DiffusionTrainConfig as Config, train_diffusion as train
+    cfg = load_config(Config, args.config, args.set)
+    path = train(cfg, resume=args.resume)
+    print(f"checkpoint: {path}")
+    return 0
+
+
+def cmd_finetune(args) -> int:
+    from blm_gym.config import load_config
+    from blm_gym.rl.ppo import FinetuneConfig, finetune
+
+    overrides = list(args.set)
+    for key in ("checkpoint", "reward", "steps", "out", "device"):
+        value = getattr(args, key)
+        if value is not None:
+            overrides.append(f"{key}={json.dumps(value) if not isinstance(value, str) else value}")
+    path = finetune(load_config(FinetuneConfig, args.config, overrides), resume=args.resume)
+    print(f"checkpoint: {path}")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from blm_gym.config import load_config
+    from blm_gym.demo import DemoConfig, run_demo
+
+    overrides = list(args.set) + [f"data={args.data}", f"out={args.out}"]
+    if args.data_dir:
+        overrides.append(f"data_dir={args.data_dir}")
+    run_demo(load_config(DemoConfig, args.config, overrides), mode=args.mode)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="blm-gym", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    d = sub.add_parser("demo", help="the whole bi-level pipeline on embedded synthetic data (or real data)")
+    d.add_argument("--data", default="synthetic", help="synthetic | nuscenes | scenarionet")
+    d.add_argument("--data-dir", default=None, help="folder for --data nuscenes/scenarionet")
+    d.add_argument("--out", default="runs/demo")
+    d.add_argument("--mode", choices=("fresh", "resume", "overwrite"), default="fresh",
+                   help="fresh: refuse an existing run folder; resume: reuse finished stages; overwrite: start over")
+    d.add_argument("--config", default=None, help="JSON/TOML file with DemoConfig fields")
+    d.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="DemoConfig overrides")
+    d.set_defaults(func=cmd_demo)
+
+    t = sub.add_parser("train", help="train the VAE (stage 1) or the latent diffusion model (stage 2)")
+    t.add_argument("stage", choices=("vae", "diffusion"))
+    t.add_argument("--config", default=None)
+    t.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE")
+    t.add_argument("--resume", action="store_true", help="continue from the checkpoint at the config's out path")
+    t.set_defaults(func=cmd_train)
+
+    f = sub.add_parser("finetune", help="PPO fine-tuning of the diffusion model toward rule-based rewards (stage 3)")
+    f.add_argument("--checkpoint", default=None)
+    f.add_argument("--reward", default=None, help="weighted terms, e.g. collision=1,offroad=1")
+    f.add_argument("--steps", type=int, default=None)
+    f.add_argument("--out", default=None)
+    f.add_argument("--device", default=None)
+    f.add_argument("--config", default=None)
+    f.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE")
+    f.add_argument("--resume", action="store_true")
+    f.set_defaults(func=cmd_finetune)
+
+    r = sub.add_parser("rollout", help="closed-loop rollouts of a policy, recorded to HDF5")
+    r.add_argument("--env", default="BLM-Synthetic-v0", help="env id whose scenes to use")
+    r.add_argument("--data-dir", default=None)
+    r.add_argument("--policy", default="idm", help="log | constant_velocity | idm | blm")
+    r.add_argument("--checkpoint", default=None, help="BLM weights for --policy blm (default: shipped model)")
+    r.add_argument("--scenes", default=None, help="comma-separated scene ids (default: all)")
+    r.add_argument("--samples", type=int, default=1)
+    r.add_argument("--start-step", type=int, default=30)
+    r.add_argument("--horizon", type=float, default=10.0, help="seconds")
+    r.add_argument("--controlled", default="all_vehicles", help="all_vehicles | all | non_ego")
+    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--out", default="results/rollout.h5")
+    r.add_argument("--render", action="store_true", help="also write one mp4 per scene and sample")
+    r.add_argument("--render-size", type=int, default=600)
+    r.add_argument("--px-per-m", type=float, default=5.0)
+    r.add_argument("--draw-mode", choices=("action", "entire_traj", "map"), default="action")
+    r.set_defaults(func=cmd_rollout)
+
+    m = sub.add_parser("metrics", help="score a rollout file: metrics.json, per-scene CSV, plots")
+    m.add_argument("rollout")
+    m.add_argument("--out", default="results/metrics")
+    m.add_argument("--data-dir", default=None, help="data folder if it moved since the rollout")
+    m.set_defaults(func=cmd_metrics)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (FileNotFoundError, ValueError, KeyError) as e:
+        print(f"blm-gym {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
