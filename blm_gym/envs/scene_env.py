@@ -62,6 +62,8 @@ class SceneEnv(gym.Env):
       in ``"all"`` mode also ``agents`` (M, 8) + ``agents_mask`` (M,) in action-slot order.
     Action: ``(2,)`` = (acceleration m/s^2, yaw rate rad/s), or ``(M, 2)`` in ``"all"`` mode.
     Reward: 0 -- rewards are added by the wrappers in :mod:`blm_gym.rewards`.
+    Termination: ego collision (and off-road if configured); truncation at the horizon, at the
+    end of the log, or when the log ends the ego's track.
     ``info``: ``scene_id``, ``step``, ``collision``, ``offroad``, ``min_ttc`` (ego, s),
     ``collisions``/``offroads`` (N,) bool over all agents, ``controlled`` (N,) bool.
     """
@@ -186,7 +188,8 @@ class SceneEnv(gym.Env):
         ego_failed = (events["collision"] and self.config.terminate_on_collision) or (
             events["offroad"] and self.config.terminate_on_offroad)
         terminated = bool(ego_failed)
-        truncated = bool(self.sim_state.step >= self._end and not terminated)
+        ego_left = not self.sim_state.valid[self.ego_index]  # the log ends the ego's track (e.g. map exit)
+        truncated = bool((self.sim_state.step >= self._end or ego_left) and not terminated)
         return self._observe(), 0.0, terminated, truncated, self._info(events)
 
     # ------------------------------------------------------------------ events / observation
