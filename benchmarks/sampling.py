@@ -1,0 +1,163 @@
+"""Sampling latency of the BLM latent model vs a trajectory-space diffusion baseline; prints JSON.
+
+- ``latent_ms``: one joint 5.2 s plan for a 32-agent scene (encode context + DDIM steps + decode
+  with unicycle integration), median of repeats, with the shipped model (or an untrained one of
+  the default architecture when the asset is missing: the timing is the same).
+- ``trajectory_unet_ms``: a CTG-style temporal UNet (Janner et al. / CTG: 1-D conv residual
+  blocks over (x, y, heading, speed, accel, yaw rate) x 52 steps, per agent, ~3.5 M parameters)
+  running 100 DDPM steps for the same 32 agents, timed once in the same run.
+- ``closed_loop_s``: 20 s of closed loop (200 steps of :func:`blm_gym.sim.state.step`) for 32
+  vehicles driven by :class:`LatentDiffusionPolicy`, replanning every 1 s.
+
+Usage: ``python benchmarks/sampling.py [--threads 1]``. Timings on shared machines vary by up
+to 50 %: compare the ratio within one run.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+
+import numpy as np
+import shapely
+import torch
+from torch import nn
+
+from blm_gym.data.scene import AgentType, DrivableArea, RoadMap, Scene, Trajectories, pad_polylines
+from blm_gym.models import BLMModel, make_agent_batch
+from blm_gym.models.schedule import cosine_alpha_bar
+from blm_gym.policies.latent_diffusion import DEFAULT_CHECKPOINT, LatentDiffusionPolicy
+from blm_gym.sim.state import SimState, step
+
+NUM_AGENTS, FUTURE, TRAJ_CHANNELS = 32, 52, 6
+
+
+def highway_scene(num_agents: int = NUM_AGENTS, steps: int = 215) -> Scene:
+    """``num_agents`` cars at constant speed on a 4-lane straight road (the log the sim starts from)."""
+    rng = np.random.default_rng(0)
+    lane = np.arange(num_agents) % 4
+    x0 = np.arange(num_agents) // 4 * 20.0 + rng.uniform(0, 5, num_agents)
+    v = rng.uniform(8, 14, num_agents)
+    t = np.arange(steps) * 0.1
+    x = x0[:, None] + v[:, None] * t
+    y = np.broadcast_to(lane[:, None] * 3.5, x.shape)
+    traj = Trajectories.from_states(x, y, np.zeros_like(x), np.broadcast_to(v[:, None], x.shape),
+                                    np.full(num_agents, 4.5), np.full(num_agents, 1.8), np.ones(x.shape, bool))
+    lanes, mask = pad_polylines([np.stack([np.linspace(-50, 600, 131), np.full(131, i * 3.5)], -1) for i in range(4)])
+    road = RoadMap(lanes, mask, np.zeros((0, 1, 2), np.float32), np.zeros((0, 1), bool),
+                   DrivableArea.from_geometry(shapely.box(-50, -2, 600, 12.5), resolution=1.0))
+    return Scene("bench-highway", "bench", 0.1, tuple(map(str, range(num_agents))),
+                 np.full(num_agents, AgentType.VEHICLE, np.int8), 0, traj, road)
+
+
+class ResBlock(nn.Module):
+    def __init__(self, c_in: int, c_out: int, emb: int):
+        super().__init__()
+        self.conv1 = nn.Sequential(nn.Conv1d(c_in, c_out, 5, padding=2), nn.GroupNorm(8, c_out), nn.Mish())
+        self.conv2 = nn.Sequential(nn.Conv1d(c_out, c_out, 5, padding=2), nn.GroupNorm(8, c_out), nn.Mish())
+        self.emb = nn.Linear(emb, c_out)
+        self.skip = nn.Conv1d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
+
+    def forward(self, x, e):
+        return self.conv2(self.conv1(x) + self.emb(e)[..., None]) + self.skip(x)
+
+
+class TemporalUNet(nn.Module):
+    """CTG-style per-agent temporal UNet on trajectories ``(B, C, 52)`` (52 -> 26 -> 13 and back)."""
+
+    def __init__(self, dims=(96, 192, 384), emb: int = 128):
+        super().__init__()
+        self.time = nn.Sequential(nn.Linear(1, emb), nn.Mish(), nn.Linear(emb, emb))
+        self.cond = nn.Sequential(nn.Linear(10 * 6, emb), nn.Mish(), nn.Linear(emb, emb))  # history encoder
+        chans = (TRAJ_CHANNELS,) + dims
+        self.down = nn.ModuleList(ResBlock(a, b, emb) for a, b in zip(chans[:-1], chans[1:]))
+        self.pool = nn.Conv1d(dims[-1], dims[-1], 3, padding=1)
+        self.up = nn.ModuleList(ResBlock(a + b, a, emb) for a, b in zip(dims[:-1][::-1], dims[1:][::-1]))
+        self.out = nn.Conv1d(dims[0], TRAJ_CHANNELS, 1)
+
+    def forward(self, x, t, hist):
+        e = self.time(t[:, None]) + self.cond(hist)
+        skips = []
+        for i, block in enumerate(self.down):
+            x = block(x, e)
+            skips.append(x)
+            if i < len(self.down) - 1:
+                x = nn.functional.avg_pool1d(x, 2)
+        x = self.pool(x)
+        for block in self.up:
+            x = nn.functional.interpolate(x, scale_factor=2)
+            skips.pop()
+            x = block(torch.cat([x, skips[-1]], 1), e)
+        return self.out(x)
+
+
+@torch.no_grad()
+def time_trajectory_unet(steps: int = 100) -> tuple[float, int]:
+    """Milliseconds of a full ``steps``-step DDPM sample for 32 agents, and the parameter count."""
+    model = TemporalUNet().eval()
+    ab = cosine_alpha_bar(steps)
+    alphas = torch.cat([ab[:1], ab[1:] / ab[:-1]])
+    hist = torch.randn(NUM_AGENTS, 60)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(NUM_AGENTS, TRAJ_CHANNELS, FUTURE, generator=g)
+    model(x, torch.zeros(NUM_AGENTS), hist)  # warm-up
+    t0 = time.perf_counter()
+    for t in reversed(range(steps)):
+        eps = model(x, torch.full((NUM_AGENTS,), t / steps), hist)
+        x = (x - (1 - alphas[t]) / (1 - ab[t]).sqrt() * eps) / alphas[t].sqrt()
+        if t > 0:
+            x = x + (1 - alphas[t]).sqrt() * torch.randn(x.shape, generator=g)
+    return (time.perf_counter() - t0) * 1e3, sum(p.numel() for p in model.parameters())
+
+
+@torch.no_grad()
+def time_latent(model: BLMModel, scene: Scene, repeats: int = 20) -> float:
+    batch = make_agent_batch(scene, 20, max_agents=NUM_AGENTS)
+    g = torch.Generator().manual_seed(0)
+    model.decode(model.sample(batch, 1, generator=g)[:, 0], batch)  # warm-up
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        model.decode(model.sample(batch, 1, generator=g)[:, 0], batch)
+        times.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(times)
+
+
+def time_closed_loop(model: BLMModel, scene: Scene, seconds: float = 20.0) -> float:
+    policy = LatentDiffusionPolicy(model, replan_every_s=1.0, max_agents=NUM_AGENTS)
+    start = model.config.history_steps - 1
+    t0 = time.perf_counter()
+    policy.reset(scene, start, scene.is_vehicle.copy(), np.random.default_rng(0))
+    state = SimState.from_log(scene.traj, start)
+    for _ in range(int(round(seconds / scene.dt))):
+        state = step(state, policy.act(state), scene.traj, scene.dt)
+    return time.perf_counter() - t0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    shipped = DEFAULT_CHECKPOINT.is_file()
+    model = LatentDiffusionPolicy.from_checkpoint().model if shipped else BLMModel().eval()
+    scene = highway_scene()
+    latent_ms = time_latent(model, scene)
+    unet_ms, unet_params = time_trajectory_unet()
+    print(json.dumps({
+        "agents": NUM_AGENTS, "horizon_s": FUTURE * 0.1, "threads": args.threads,
+        "latent_model": "shipped" if shipped else "untrained (default architecture)",
+        "latent_params": sum(p.numel() for p in model.parameters()),
+        "latent_ddim_steps": model.config.sample_steps,
+        "latent_ms": round(latent_ms, 2),
+        "trajectory_unet_params": unet_params, "trajectory_unet_steps": 100,
+        "trajectory_unet_ms": round(unet_ms, 1),
+        "speedup": round(unet_ms / latent_ms, 1),
+        "closed_loop_s": round(time_closed_loop(model, scene), 3),
+        "closed_loop_setup": "20 s, 32 vehicles, replan every 1 s, blm_gym.sim.state.step",
+    }, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,102 @@
+"""The BLM model as a closed-loop policy: joint latent plans, replanned every ``replan_every_s``.
+
+At each replan the policy builds an :class:`~blm_gym.models.batch.AgentBatch` from the scene and
+the history it simulated (the log before the episode starts), samples one joint plan for the ego
+and the ``max_agents - 1`` nearest vehicles (controlled or not: the others are context), and then
+executes the planned (acceleration, yaw rate) of the current step for the agents it controls.
+Controlled agents outside the plan (farther away, or not vehicles) keep their speed and heading
+(zero action).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from blm_gym.data.scene import Scene, Trajectories
+from blm_gym.models.batch import make_agent_batch
+from blm_gym.models.blm import BLMModel
+from blm_gym.models.checkpoint import load_model
+from blm_gym.sim.state import Action, SimState
+
+DEFAULT_CHECKPOINT = Path(__file__).resolve().parents[1] / "assets" / "blm_nuscenes.pt"
+
+
+class LatentDiffusionPolicy:
+    """:class:`~blm_gym.policies.base.Policy` driven by a :class:`BLMModel`.
+
+    ``replan_every_s``: seconds between plans (at most the plan length, 5.2 s);
+    ``num_steps``/``eta``: DDIM steps (None: the model's default) and stochasticity (0: DDIM);
+    ``max_agents``: agents per joint plan (ego + nearest vehicles).
+    """
+
+    name = "blm"
+
+    def __init__(self, model: BLMModel, *, replan_every_s: float = 1.0, num_steps: int | None = None,
+                 eta: float = 0.0, max_agents: int = 32):
+        c = model.config
+        self.replan_steps = int(round(replan_every_s / c.dt))
+        if not 1 <= self.replan_steps <= c.future_steps:
+            raise ValueError(f"replan_every_s must be in [{c.dt}, {c.future_steps * c.dt:.1f}] s "
+                             f"(one step .. the plan length), got {replan_every_s}")
+        self.model = model.eval()
+        self.num_steps, self.eta, self.max_agents = num_steps, eta, max_agents
+        self.device = next(model.parameters()).device
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path | None = None, device: str = "cpu", **kwargs) -> "LatentDiffusionPolicy":
+        """Load a trained model (default: the shipped nuScenes-mini model ``blm_gym/assets/blm_nuscenes.pt``)."""
+        path = Path(path) if path is not None else DEFAULT_CHECKPOINT
+        if not path.is_file():
+            raise FileNotFoundError(f"BLM checkpoint not found: {path}; train one with `blm-gym train vae` then "
+                                    "`blm-gym train diffusion`, or reinstall blm_gym to get the shipped model")
+        return cls(load_model(path, device), **kwargs)
+
+    def reset(self, scene: Scene, start_step: int, controlled: np.ndarray, rng: np.random.Generator) -> None:
+        h = self.model.config.history_steps
+        self._scene = scene
+        self._controlled = np.asarray(controlled, bool)
+        self._gen = torch.Generator(device=self.device).manual_seed(int(rng.integers(2**62)))
+        # history buffer (N, H): the log up to start_step, then what the simulator did
+        steps = np.arange(start_step - h + 1, start_step + 1)
+        ok = steps >= 0
+        log = scene.traj
+        take = lambda a: np.where(ok, a[:, steps.clip(min=0)], 0).astype(a.dtype)  # noqa: E731
+        self._hist = {k: take(getattr(log, k)) for k in ("x", "y", "heading", "speed", "valid")}
+        self._hist_step = start_step
+        self._plan: np.ndarray | None = None  # (N, F, 2) actions from _plan_step on
+        self._plan_step = start_step
+
+    def _record(self, state: SimState) -> None:
+        if state.step == self._hist_step + 1:
+            for a in self._hist.values():
+                a[:, :-1] = a[:, 1:].copy()
+        elif state.step != self._hist_step:
+            raise ValueError(f"LatentDiffusionPolicy.act: expected step {self._hist_step} or {self._hist_step + 1}, "
+                             f"got {state.step}; call reset() at the episode start and act() every step")
+        for k in self._hist:
+            self._hist[k][:, -1] = getattr(state, k)
+        self._hist_step = state.step
+
+    @torch.no_grad()
+    def _replan(self, state: SimState) -> None:
+        s = self._scene
+        hist = Trajectories.from_states(length=s.traj.length, width=s.traj.width, **self._hist)
+        batch = make_agent_batch(s, state.step, max_agents=self.max_agents, history=hist,
+                                 history_steps=self.model.config.history_steps,
+                                 future_steps=self.model.config.future_steps).to(self.device)
+        latents = self.model.sample(batch, 1, self.num_steps, self.eta, self._gen)[:, 0]
+        actions, _ = self.model.decode(latents, batch)
+        rows = batch.agent_index[0]
+        keep = rows >= 0
+        plan = np.zeros((s.num_agents, self.model.config.future_steps, 2), np.float32)
+        plan[rows[keep].cpu().numpy()] = actions[0][keep].cpu().numpy()
+        self._plan, self._plan_step = plan, state.step
+
+    def act(self, state: SimState) -> Action:
+        self._record(state)
+        if self._plan is None or state.step - self._plan_step >= self.replan_steps:
+            self._replan(state)
+        accel_yaw = self._plan[:, state.step - self._plan_step] * self._controlled[:, None]
+        return Action(accel_yaw.astype(np.float32), np.zeros(self._scene.num_agents, bool))

@@ -1,0 +1,99 @@
+"""Stage 1: train the action VAE of a new BLM model (``blm-gym train vae``).
+
+Loss per agent with a fully logged future: ``state_weight * ADE`` (metres, decoded actions
+integrated by the unicycle model vs the logged positions) ``+ action_weight * MSE`` (normalised
+actions) ``+ beta * KL``. After training, the per-channel std of the posterior means on the
+training windows is stored as ``model.latent_scale`` so that stage 2 diffuses unit-scale latents.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from blm_gym.data.scene import Scene
+from blm_gym.models.blm import BLMConfig, BLMModel
+from blm_gym.train.common import NUSCENES_MINI_VAL, load_scenes, train_loop, windows
+
+
+@dataclass(frozen=True)
+class VAETrainConfig:
+    # data
+    data: str = "scenarionet"  # "scenarionet" (data_dir: a ScenarioNet folder) or "synthetic"
+    data_dir: str | None = None  # None: $BLM_GYM_DATA
+    extra_data_dirs: tuple[str, ...] = ()  # more ScenarioNet folders, training only (e.g. womd-sample)
+    val_scenes: tuple[str, ...] = NUSCENES_MINI_VAL  # scene ids held out for validation
+    synthetic_scenes: int = 8  # scenes recorded when data == "synthetic" (the last one is val)
+    window_stride: int = 2  # steps between training windows (0.1 s each)
+    max_agents: int = 32  # ego + nearest vehicles per window
+    mirror: bool = False  # reflect half the training windows left-right (did not help on nuScenes-mini)
+    # model architecture (stored in the checkpoint; the diffusion stage keeps it)
+    latent_dim: int = 4
+    vae_channels: int = 64
+    d_model: int = 64
+    num_layers: int = 2
+    # optimisation
+    steps: int = 1500
+    batch_size: int = 16  # windows per step (all their agents with a full future)
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    warmup_steps: int = 50
+    grad_clip: float = 1.0
+    beta: float = 3e-3  # KL weight
+    state_weight: float = 1.0  # per metre of ADE
+    action_weight: float = 1.0
+    seed: int = 0
+    # bookkeeping
+    out: str = "runs/vae.pt"  # checkpoint; the CSV log is written beside it (runs/vae.csv)
+    device: str = "cpu"  # "cpu" or "cuda"
+    num_threads: int = 0  # torch CPU threads (0: torch's default)
+    log_every: int = 50
+    val_every: int = 250
+    save_every: int = 500
+
+
+def model_config(cfg: VAETrainConfig) -> BLMConfig:
+    return BLMConfig(latent_dim=cfg.latent_dim, vae_channels=cfg.vae_channels, d_model=cfg.d_model,
+                     num_layers=cfg.num_layers)
+
+
+def train_vae(cfg: VAETrainConfig, resume: bool = False,
+              scenes: tuple[list[Scene], list[Scene]] | None = None) -> BLMModel:
+    """Train stage 1; writes ``cfg.out`` (checkpoint) and its ``.csv`` log; returns the model.
+
+    ``scenes``: (train, val) scenes to use instead of loading ``cfg.data``.
+    """
+    if cfg.num_threads:
+        torch.set_num_threads(cfg.num_threads)
+    torch.manual_seed(cfg.seed)
+    model = BLMModel(model_config(cfg)).to(cfg.device)
+    train_scenes, val_scenes = scenes or load_scenes(cfg.data, cfg.data_dir, cfg.extra_data_dirs, cfg.val_scenes,
+                                                     cfg.synthetic_scenes, cfg.seed)
+    train = windows(train_scenes, cfg.window_stride, cfg.max_agents, model)
+    val = windows(val_scenes, 10, cfg.max_agents, model)
+    if train is None:
+        raise ValueError("no training windows: scenes are shorter than history + future "
+                         f"({model.config.history_steps + model.config.future_steps + 1} steps)")
+
+    def loss_fn(m: BLMModel, batch, rng):
+        parts = m.vae_losses(batch, generator=rng)
+        loss = cfg.state_weight * parts["ade"] + cfg.action_weight * parts["action"] + cfg.beta * parts["kl"]
+        return loss, {k: float(v.detach()) for k, v in parts.items()}
+
+    def val_fn(m: BLMModel):
+        parts = m.vae_losses(val.to(cfg.device), sample=False)  # posterior mean: reconstruction error
+        return {k: float(v) for k, v in parts.items()}
+
+    def finalize(m: BLMModel):
+        m.latent_scale.copy_(latent_std(m, train, cfg.device))
+
+    model, _ = train_loop(cfg, model, list(model.vae.parameters()), train, loss_fn,
+                          val_fn if val is not None else None, resume, desc="vae", finalize=finalize)
+    return model
+
+
+@torch.no_grad()
+def latent_std(model: BLMModel, train, device: str) -> torch.Tensor:
+    """Per-channel std ``(d,)`` of the posterior means over all training agents."""
+    mean, _ = model.vae.encode(train.fut_actions[train.train_mask].to(device))
+    return mean.flatten(0, -2).std(0).clamp(min=1e-3)
