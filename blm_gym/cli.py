@@ -10,25 +10,14 @@ from pathlib import Path
 os.environ.setdefault("SDL_VIDEODRIVER", "dummy")  # offscreen pygame unless the user asks otherwise
 
 
-def _scene_source(env_id: str, data_dir: str | None, scene_ids: list[str] | None):
-    """The scene source behind an env id (the same one ``gym.make(env_id, data_dir=...)`` uses)."""
-    import gymnasium as gym
-
-    import blm_gym  # noqa: F401
-
-    kwargs = {"scene_ids": scene_ids} if env_id != "BLM-Synthetic-v0" else {}
-    if env_id != "BLM-Synthetic-v0":
-        kwargs["data_dir"] = data_dir
-    return gym.make(env_id, **kwargs).unwrapped.source
-
-
 def cmd_rollout(args) -> int:
+    from blm_gym.envs import scene_source
     from blm_gym.policies import make_policy
     from blm_gym.rollout.h5 import write_rollouts
     from blm_gym.rollout.runner import run_rollouts
 
     scene_ids = args.scenes.split(",") if args.scenes else None
-    source = _scene_source(args.env, args.data_dir, scene_ids)
+    source = scene_source(args.env, args.data_dir, scene_ids)
     ids = list(source.scene_ids)
     rollouts = run_rollouts(source, lambda: make_policy(args.policy, checkpoint=args.checkpoint), scene_ids=ids,
                             samples=args.samples, start_step=args.start_step, horizon_s=args.horizon,
@@ -47,12 +36,13 @@ def cmd_rollout(args) -> int:
 
 
 def cmd_metrics(args) -> int:
+    from blm_gym.envs import scene_source
     from blm_gym.metrics.report import compute_report, format_table, write_report
     from blm_gym.rollout.h5 import read_rollouts
 
     rollouts, meta = read_rollouts(args.rollout)
     cfg = meta.get("config", {})
-    source = _scene_source(cfg.get("env", "BLM-Synthetic-v0"), args.data_dir or cfg.get("data_dir"),
+    source = scene_source(cfg.get("env", "BLM-Synthetic-v0"), args.data_dir or cfg.get("data_dir"),
                            [r.scene_id for r in rollouts])
     drivable = {sid: source.load(i).road.drivable for i, sid in enumerate(source.scene_ids)}
     report = compute_report(rollouts, drivable)

@@ -65,10 +65,20 @@ def make_synthetic_env(*, num_scenes: int = 8, seed: int = 0, kinds=None, config
 ENV_IDS = ("BLM-nuScenes-v0", "BLM-ScenarioNet-v0", "BLM-Synthetic-v0")
 
 
+def scene_source(env_id: str, data_dir=None, scene_ids=None) -> SceneSource:
+    """The scene source behind an env id: the one ``gym.make(env_id, data_dir=...)`` would use."""
+    makers = {"BLM-nuScenes-v0": make_nuscenes_env, "BLM-ScenarioNet-v0": make_scenarionet_env}
+    if env_id == "BLM-Synthetic-v0":
+        return make_synthetic_env().source
+    if env_id not in makers:
+        raise ValueError(f"unknown env id {env_id!r}; choose one of {ENV_IDS}")
+    return makers[env_id](data_dir, scene_ids=list(scene_ids) if scene_ids else None).source
+
+
 def register_envs() -> None:
     register(id="BLM-nuScenes-v0", entry_point="blm_gym.envs:make_nuscenes_env")
     register(id="BLM-ScenarioNet-v0", entry_point="blm_gym.envs:make_scenarionet_env")
     register(id="BLM-Synthetic-v0", entry_point="blm_gym.envs:make_synthetic_env")
 
 
-__all__ = ["EnvConfig", "SceneEnv", "ENV_IDS", "make_nuscenes_env", "make_scenarionet_env", "make_synthetic_env"]
+__all__ = ["EnvConfig", "SceneEnv", "ENV_IDS", "scene_source", "make_nuscenes_env", "make_scenarionet_env", "make_synthetic_env"]

@@ -1,0 +1,346 @@
+"""Rule-based reward terms, shared by the env wrappers and the diffusion fine-tuning.
+
+A term is any callable ``term(ctx: RewardContext) -> np.ndarray`` returning one score per sample,
+shaped ``ctx.batch_shape`` (the leading dims of the state arrays). **Higher is better**: penalties
+are returned as negative numbers, so weights in :func:`make_reward` are positive. Terms are plain
+numpy and deliberately non-differentiable; PPO never needs their gradient.
+
+A term may declare ``window`` (int, default 1): how many consecutive states it needs. The env
+wrappers keep that many recent states and score the window each step (``progress`` needs 2,
+``comfort`` 3), so per-step values add up to the score of the whole trajectory.
+
+Every term scores the ``controlled`` agents (the ego in the env wrappers, the model-driven agents
+in fine-tuning) against *all* valid agents, and averages over controlled agent-steps.
+
+Write your own as a function (see ``examples/custom_reward.py``)::
+
+    @register_term("slow")
+    def slow(ctx, limit=5.0):
+        return 0.0 - _masked_mean(np.maximum(ctx.speed - limit, 0), ctx.focus)
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import re
+from dataclasses import dataclass
+from typing import Callable, Mapping, Protocol, Sequence, runtime_checkable
+
+import numpy as np
+
+from blm_gym.data.scene import AgentType, DrivableArea, Scene
+from blm_gym.metrics.safety import rss_violations as _rss
+from blm_gym.sim.geometry import agent_collisions, boxes_overlap, offroad as _offroad
+from blm_gym.sim.state import SimState
+from blm_gym.sim.ttc import time_to_collision
+
+
+@dataclass(frozen=True)
+class RewardContext:
+    """States of N agents over T steps, with leading sample dims ``...`` (T = 1 for one step).
+
+    ``x, y`` [m], ``heading`` [rad], ``speed`` [m/s], ``valid``: ``(..., N, T)``.
+    ``length, width`` [m]: ``(N,)`` or ``(..., N)``. ``agent_type``: int ``(N,)`` of
+    :class:`AgentType`. ``controlled``: bool ``(N,)``, the agents being scored. ``ego_index``:
+    the ego agent. ``dt`` [s]: step between states. ``drivable``: the scene's drivable area.
+    """
+
+    x: np.ndarray
+    y: np.ndarray
+    heading: np.ndarray
+    speed: np.ndarray
+    valid: np.ndarray
+    length: np.ndarray
+    width: np.ndarray
+    agent_type: np.ndarray
+    controlled: np.ndarray
+    ego_index: int
+    dt: float
+    drivable: DrivableArea | None = None
+
+    @property
+    def batch_shape(self) -> tuple[int, ...]:
+        return self.x.shape[:-2]
+
+    @property
+    def focus(self) -> np.ndarray:
+        """Bool ``(..., N, T)``: scored agent-steps (controlled and valid)."""
+        return self.valid & self.controlled[:, None]
+
+    @functools.cached_property
+    def steps(self) -> dict[str, np.ndarray]:
+        """Every per-agent array as ``(..., T, N)`` (the simulator geometry's layout).
+
+        Keys: ``x, y, heading, speed, vx, vy, length, width, valid``.
+        """
+        shape = self.x.shape[:-2] + self.x.shape[-1:] + self.x.shape[-2:-1]
+        out = {k: np.swapaxes(getattr(self, k), -1, -2) for k in ("x", "y", "heading", "speed", "valid")}
+        out["vx"] = out["speed"] * np.cos(out["heading"])
+        out["vy"] = out["speed"] * np.sin(out["heading"])
+        for k in ("length", "width"):
+            out[k] = np.broadcast_to(np.asarray(getattr(self, k))[..., None, :], shape)
+        return out
+
+    @staticmethod
+    def from_scene(scene: Scene, x, y, heading, speed, valid, controlled=None,
+                   agent_index=None) -> "RewardContext":
+        """Context for states ``(..., N, T)`` of the scene's agents ``agent_index`` (default all).
+
+        ``controlled`` (bool ``(N,)``) defaults to every agent.
+        """
+        idx = np.arange(scene.num_agents) if agent_index is None else np.asarray(agent_index)
+        if scene.ego_index not in idx:
+            raise ValueError("RewardContext.from_scene: agent_index must include the scene's ego agent")
+        n = len(idx)
+        x = np.asarray(x, np.float32)
+        if x.ndim < 2 or x.shape[-2] != n:
+            raise ValueError(f"RewardContext.from_scene: states must be (..., N={n}, T), got {x.shape}")
+        controlled = np.ones(n, bool) if controlled is None else np.asarray(controlled, bool)
+        return RewardContext(
+            x=x, y=np.asarray(y, np.float32), heading=np.asarray(heading, np.float32),
+            speed=np.asarray(speed, np.float32), valid=np.asarray(valid, bool),
+            length=scene.traj.length[idx], width=scene.traj.width[idx], agent_type=scene.agent_type[idx],
+            controlled=controlled, ego_index=int(np.flatnonzero(idx == scene.ego_index)[0]), dt=scene.dt,
+            drivable=scene.road.drivable,
+        )
+
+    @staticmethod
+    def from_sim_states(scene: Scene, states: Sequence[SimState], controlled=None) -> "RewardContext":
+        """Context over consecutive simulator states (T = ``len(states)``), e.g. for env wrappers."""
+        if not states:
+            raise ValueError("RewardContext.from_sim_states: need at least one state")
+        stack = lambda name: np.stack([getattr(s, name) for s in states], -1)  # noqa: E731
+        return RewardContext.from_scene(scene, stack("x"), stack("y"), stack("heading"), stack("speed"),
+                                        stack("valid"), controlled)
+
+
+@runtime_checkable
+class RewardTerm(Protocol):
+    """Scores samples: ``(ctx) -> (...)`` floats, higher is better. Optional ``window`` attribute."""
+
+    def __call__(self, ctx: RewardContext) -> np.ndarray: ...
+
+
+def _masked_mean(values: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Mean of ``values`` over the last two axes where ``mask``; 0 where nothing is masked in."""
+    values, mask = np.broadcast_arrays(np.asarray(values, np.float64), mask)
+    count = mask.sum(axis=(-2, -1))
+    return np.where(mask, values, 0.0).sum(axis=(-2, -1)) / np.maximum(count, 1)
+
+
+# ---- terms -------------------------------------------------------------------------------------
+
+def _boxes(ctx: RewardContext) -> tuple[np.ndarray, ...]:
+    """``(x, y, heading, length, width, valid)`` as ``(..., T, N)`` for the geometry functions."""
+    st = ctx.steps
+    return st["x"], st["y"], st["heading"], st["length"], st["width"], st["valid"]
+
+
+def _agent_first(a: np.ndarray) -> np.ndarray:
+    """``(..., T, N)`` -> ``(..., N, T)``."""
+    return np.swapaxes(a, -1, -2)
+
+
+def collision(ctx: RewardContext) -> np.ndarray:
+    """Minus the fraction of scored agent-steps whose box overlaps another valid agent's box."""
+    return 0.0 - _masked_mean(_agent_first(agent_collisions(*_boxes(ctx))), ctx.focus)
+
+
+def offroad(ctx: RewardContext) -> np.ndarray:
+    """Minus the fraction of scored *vehicle*-steps whose centre is off the drivable area."""
+    if ctx.drivable is None:
+        raise ValueError("offroad term: the RewardContext has no drivable area; build it with from_scene(...)")
+    off = _offroad(ctx.drivable, ctx.x, ctx.y, ctx.valid)
+    return 0.0 - _masked_mean(off, ctx.focus & (ctx.agent_type == AgentType.VEHICLE)[:, None])
+
+
+def _ttc(ctx: RewardContext, horizon: float, num_discs: int) -> np.ndarray:
+    """Pairwise time to collision [s] ``(..., T, N, N)`` (:func:`blm_gym.sim.ttc.time_to_collision`)."""
+    st = ctx.steps
+    return time_to_collision(st["x"], st["y"], st["vx"], st["vy"], st["length"], st["width"], st["valid"],
+                             horizon, heading=st["heading"], num_discs=num_discs)
+
+
+def time_to_collision_penalty(ctx: RewardContext, threshold: float = 2.0, num_discs: int = 3) -> np.ndarray:
+    """Minus the mean of ``max(0, 1 - ttc / threshold)`` over scored agent-steps (TTC in seconds).
+
+    TTC is each agent's minimum constant-velocity time to collision with any other valid agent
+    (:mod:`blm_gym.sim.ttc`, ``num_discs`` discs per box): 0 above the threshold, 1 when touching.
+    """
+    ttc = _ttc(ctx, threshold, int(num_discs)).min(-1)
+    return 0.0 - _masked_mean(np.maximum(0.0, 1.0 - _agent_first(ttc) / threshold), ctx.focus)
+
+
+def speed_limit(ctx: RewardContext, limit: float = 15.0) -> np.ndarray:
+    """Minus the mean excess speed over ``limit`` [m/s] of scored agent-steps."""
+    return 0.0 - _masked_mean(np.maximum(ctx.speed - limit, 0.0), ctx.focus)
+
+
+def target_speed(ctx: RewardContext, target: float = 10.0) -> np.ndarray:
+    """Minus the mean absolute deviation [m/s] of scored agents' speed from ``target``."""
+    return 0.0 - _masked_mean(np.abs(ctx.speed - target), ctx.focus)
+
+
+def progress(ctx: RewardContext) -> np.ndarray:
+    """Mean over scored agents of the distance [m] travelled along their own heading.
+
+    Sums ``(dx, dy) . (cos h, sin h)`` over consecutive valid state pairs, so per-step values
+    (window 2) add up to the whole trajectory's; reversing counts negative.
+    """
+    h = ctx.heading[..., :-1]
+    along = np.diff(ctx.x, axis=-1) * np.cos(h) + np.diff(ctx.y, axis=-1) * np.sin(h)
+    pair = ctx.focus[..., 1:] & ctx.focus[..., :-1]
+    agents = ctx.focus.any(-1)
+    total = np.where(pair, along, 0.0).sum(-1)
+    return np.where(agents, total, 0.0).sum(-1) / np.maximum(agents.sum(-1), 1)
+
+
+progress.window = 2
+
+
+def comfort(ctx: RewardContext) -> np.ndarray:
+    """Minus the mean absolute longitudinal jerk [m/s^3] (second difference of speed / dt^2)."""
+    jerk = np.diff(ctx.speed, n=2, axis=-1) / ctx.dt**2
+    ok = ctx.focus[..., 2:] & ctx.focus[..., 1:-1] & ctx.focus[..., :-2]
+    return 0.0 - _masked_mean(np.abs(jerk), ok)
+
+
+comfort.window = 3
+
+
+def rss_violations(ctx: RewardContext, lateral_weight: float = 1.0) -> np.ndarray:
+    """Minus the fraction of scored vehicle-steps violating an RSS safe distance to another vehicle.
+
+    Longitudinal violations count 1, lateral ones ``lateral_weight``; the definitions and
+    parameters are :func:`blm_gym.metrics.safety.rss_violations` (Shalev-Shwartz et al. 2017).
+    """
+    st = ctx.steps
+    vehicle = ctx.agent_type == AgentType.VEHICLE
+    lon, lat = _rss(st["x"], st["y"], st["heading"], st["speed"], st["length"], st["width"], st["valid"] & vehicle)
+    scored = ctx.focus & vehicle[:, None]
+    return 0.0 - _masked_mean(_agent_first(lon), scored) - lateral_weight * _masked_mean(_agent_first(lat), scored)
+
+
+def safety_critical(ctx: RewardContext, adversary: int | None = None, distance_scale: float = 5.0,
+                    ttc_scale: float = 2.0, collision_penalty: float = 2.0) -> np.ndarray:
+    """Reward for an adversary that brings the ego close to a collision without colliding itself.
+
+    ``exp(-d_min / distance_scale) + exp(-ttc_min / ttc_scale) - collision_penalty * collided``:
+    ``d_min`` [m] the closest ego-adversary centre distance over the steps, ``ttc_min`` [s] their
+    smallest time to collision (3 discs per box; ``inf`` beyond 5 s, scoring 0), ``collided`` whether the
+    adversary's box overlaps any other agent's at any step. The adversary is agent ``adversary``
+    or, by default, per sample the valid non-ego vehicle nearest the ego at the first step.
+    """
+    ego = ctx.ego_index
+    n = ctx.x.shape[-2]
+    if adversary is None:
+        d0 = np.hypot(ctx.x[..., 0] - ctx.x[..., ego, None, 0], ctx.y[..., 0] - ctx.y[..., ego, None, 0])
+        ok = ctx.valid[..., 0] & (ctx.agent_type == AgentType.VEHICLE) & (np.arange(n) != ego)
+        if not ok.any(-1).all():
+            raise ValueError("safety_critical: no valid non-ego vehicle at the first step; pass adversary=...")
+        adv = np.argmin(np.where(ok, d0, np.inf), axis=-1)  # (...)
+    else:
+        if adversary != int(adversary) or not 0 <= adversary < n or adversary == ego:
+            raise ValueError(f"safety_critical: adversary must index a non-ego agent in [0, {n}), got {adversary}")
+        adv = np.full(ctx.batch_shape, int(adversary))
+    pick = lambda a: np.take_along_axis(np.asarray(a), adv[..., None, None], axis=-2)[..., 0, :]  # noqa: E731
+    both = ctx.valid[..., ego, :] & pick(ctx.valid)
+    dist = np.hypot(pick(ctx.x) - ctx.x[..., ego, :], pick(ctx.y) - ctx.y[..., ego, :])
+    d_min = np.where(both, dist, np.inf).min(-1)
+    ttc_min = pick(_agent_first(_ttc(ctx, 5.0, 3)[..., ego, :])).min(-1)
+    collided = pick(_agent_first(boxes_overlap(*_boxes(ctx)).any(-1))).any(-1)
+    return np.exp(-d_min / distance_scale) + np.exp(-ttc_min / ttc_scale) - collision_penalty * collided
+
+
+# ---- registry and weighted sums ----------------------------------------------------------------
+
+REWARD_TERMS: dict[str, Callable[..., np.ndarray]] = {}
+
+
+def register_term(name: str):
+    """Decorator: make a term function ``f(ctx, **params)`` available to :func:`make_reward`."""
+    def add(fn):
+        REWARD_TERMS[name] = fn
+        return fn
+    return add
+
+
+for _name, _fn in [("collision", collision), ("offroad", offroad), ("ttc", time_to_collision_penalty),
+                   ("speed_limit", speed_limit), ("target_speed", target_speed), ("progress", progress),
+                   ("comfort", comfort), ("rss", rss_violations), ("safety_critical", safety_critical)]:
+    register_term(_name)(_fn)
+
+
+@dataclass(frozen=True)
+class BoundTerm:
+    """A registered term with fixed parameters; keeps the function's ``window``."""
+
+    fn: Callable[..., np.ndarray]
+    params: Mapping[str, float] = dataclasses.field(default_factory=dict)
+
+    @property
+    def window(self) -> int:
+        return getattr(self.fn, "window", 1)
+
+    def __call__(self, ctx: RewardContext) -> np.ndarray:
+        return np.asarray(self.fn(ctx, **self.params), np.float64)
+
+
+def get_term(name: str, **params) -> BoundTerm:
+    """The registered term ``name`` with ``params``; unknown names list the known ones."""
+    if name not in REWARD_TERMS:
+        raise ValueError(f"unknown reward term {name!r}; known terms: {sorted(REWARD_TERMS)} "
+                         "(add your own with blm_gym.rewards.register_term)")
+    return BoundTerm(REWARD_TERMS[name], dict(params))
+
+
+@dataclass(frozen=True)
+class WeightedReward:
+    """``sum_k weight_k * term_k(ctx)``; ``terms`` maps a label to ``(weight, term)``."""
+
+    terms: Mapping[str, tuple[float, RewardTerm]]
+
+    @property
+    def window(self) -> int:
+        return max((getattr(t, "window", 1) for _, t in self.terms.values()), default=1)
+
+    def values(self, ctx: RewardContext) -> dict[str, np.ndarray]:
+        """Unweighted value of every term, ``(...)`` each."""
+        return {k: np.asarray(t(ctx), np.float64) for k, (_, t) in self.terms.items()}
+
+    def __call__(self, ctx: RewardContext) -> np.ndarray:
+        vals = self.values(ctx)
+        return sum((w * vals[k] for k, (w, _) in self.terms.items()), np.zeros(ctx.batch_shape))
+
+
+_ITEM = re.compile(r"^\s*(\w+)\s*(?:\((.*)\))?\s*(?:=\s*([^=]+))?\s*$")
+
+
+def make_reward(spec: str) -> WeightedReward:
+    """Parse ``"collision=1,offroad=0.5,target_speed(target=12)=0.2,progress"`` (weight defaults to 1).
+
+    Parameters in parentheses are passed to the term as floats.
+    """
+    items = [s for s in re.split(r",(?![^()]*\))", spec) if s.strip()]
+    if not items:
+        raise ValueError(f"empty reward spec {spec!r}; e.g. 'collision=1,offroad=1'")
+    terms: dict[str, tuple[float, RewardTerm]] = {}
+    for item in items:
+        m = _ITEM.match(item)
+        if m is None:
+            raise ValueError(f"reward spec item {item!r} is not 'name=weight' or 'name(param=value)=weight'")
+        name, params, weight = m.groups()
+        kwargs = {}
+        for p in filter(str.strip, (params or "").split(",")):
+            key, sep, val = p.partition("=")
+            try:
+                kwargs[key.strip()] = float(val)
+            except ValueError:
+                raise ValueError(f"reward spec {item!r}: parameter {p!r} is not key=number") from None
+        try:
+            w = 1.0 if weight is None else float(weight)
+        except ValueError:
+            raise ValueError(f"reward spec {item!r}: weight {weight!r} is not a number") from None
+        label = f"{name}({params})" if params else name
+        terms[label if label not in terms else f"{label}#{len(terms)}"] = (w, get_term(name, **kwargs))
+    return WeightedReward(terms)

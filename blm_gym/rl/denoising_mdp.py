@@ -1,0 +1,161 @@
+"""The denoising chain as an MDP (BLM stage 3, DDPO/DPPO-style).
+
+One episode is the last ``K`` DDIM steps of one joint latent plan for one scene:
+
+- state: ``(scene index, DDIM step index i, x_{t_i})``, observed as a dict
+  ``{"scene": int, "step": int, "x": (N, T', d) float32}``;
+- action: the next latent ``x_{t_{i+1}}`` ``(N, T', d)`` (what the Gaussian denoising policy samples);
+- reward: 0 until the chain ends, then the reward terms on the decoded plan: the latents are
+  decoded to world states (current state + ``F`` future states of every planned agent) and
+  scored with a :class:`~blm_gym.rewards.RewardTerm` (e.g. ``make_reward("collision=1,offroad=1")``),
+  in numpy, so no gradient can flow through it.
+
+The first ``num_steps - K`` DDIM steps are not MDP steps: ``reset`` runs them with ``model``
+without gradient (pass the model being fine-tuned, so the MDP's chain is the one
+``BLMModel.sample`` draws with the saved weights). Several samples per scene come from several
+copies of this env stepping in lockstep: the ``k``-th episode of every copy plans scene
+``k % num_scenes`` (or ``options={"scene": i}``), so advantages can be normalised per scene.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import gymnasium as gym
+import numpy as np
+import torch
+
+from blm_gym.data.scene import Scene
+from blm_gym.models.batch import AgentBatch, collate, make_agent_batch
+from blm_gym.models.blm import BLMModel
+from blm_gym.models.denoiser import SceneContext
+from blm_gym.rewards.terms import RewardContext, RewardTerm
+
+
+class SceneBank:
+    """The fine-tuning scenes, their model inputs (B = 1 each, padded to ``max_agents``) and the
+    frozen ``reference`` model's scene contexts (computed once, no gradient)."""
+
+    def __init__(self, scenes: Sequence[Scene], reference: BLMModel, *, step: int, max_agents: int = 32,
+                 device: str | torch.device = "cpu"):
+        if not scenes:
+            raise ValueError("SceneBank: got no scenes")
+        c = reference.config
+        short = [s.scene_id for s in scenes if s.num_steps <= step]
+        if short:
+            raise ValueError(f"SceneBank: scenes {short} have no step {step}; lower the planning step (start_step)")
+        self.scenes = list(scenes)
+        self.step = step
+        self.batches = [make_agent_batch(s, step, max_agents=max_agents, history_steps=c.history_steps,
+                                         future_steps=c.future_steps).to(device) for s in self.scenes]
+        with torch.no_grad():
+            self.contexts = [reference.encode_context(b) for b in self.batches]
+
+    def __len__(self) -> int:
+        return len(self.scenes)
+
+    def batch(self, index) -> AgentBatch:
+        """Model inputs of scenes ``index`` (ints), collated."""
+        return collate([self.batches[int(i)] for i in index])
+
+    def reference_context(self, index) -> SceneContext:
+        """The frozen reference model's contexts of scenes ``index`` (ints), concatenated."""
+        parts = [self.contexts[int(i)] for i in index]
+        return SceneContext(*(torch.cat([getattr(p, f) for p in parts]) for f in
+                              ("agent_emb", "map_tokens", "map_mask", "agent_mask", "vae_cond")))
+
+    def agent_mask(self, index) -> torch.Tensor:
+        """``(B, N)`` bool: real (not padded) agents of scenes ``index``."""
+        return torch.cat([self.batches[int(i)].agent_mask for i in index])
+
+
+def decoded_reward_context(bank: SceneBank, scene: int, world_states: np.ndarray) -> RewardContext:
+    """Reward context of decoded plans ``(..., N, F, 4)`` (x, y, heading, speed) of scene ``scene``.
+
+    The planned (real, not padded) agents are the scored ones; their current state is prepended,
+    so ``T = F + 1`` and step-difference terms (progress, comfort) see the plan's start.
+    """
+    b = bank.batches[scene]
+    rows = (b.agent_mask[0] & (b.agent_index[0] >= 0)).cpu().numpy()
+    now = np.broadcast_to(b.state_world[0].cpu().numpy()[rows][:, None, :],
+                          world_states.shape[:-3] + (int(rows.sum()), 1, 4))
+    states = np.concatenate([now, world_states[..., rows, :, :]], axis=-2)
+    idx = b.agent_index[0].cpu().numpy()[rows]
+    return RewardContext.from_scene(bank.scenes[scene], *np.moveaxis(states, -1, 0),
+                                    valid=np.ones(states.shape[:-1], bool), agent_index=idx)
+
+
+class DenoisingMDP(gym.Env):
+    """One episode = the last ``finetune_steps`` DDIM steps of one plan; see the module docstring.
+
+    ``model`` runs the frozen prefix steps and decodes the final latents (no gradient);
+    ``reward`` scores the decoded plan; ``eta`` is the DDIM stochasticity of the prefix steps.
+    ``seed`` seeds the env's noise once (resets without a seed continue the stream; a seeded
+    reset also restarts the scene cycle at ``first_episode``, which offsets it for resumed runs).
+    """
+
+    metadata = {"render_modes": []}
+
+    def __init__(self, model: BLMModel, bank: SceneBank, reward: RewardTerm, *, num_steps: int = 10,
+                 finetune_steps: int = 2, eta: float = 1.0, seed: int | None = None, first_episode: int = 0):
+        if not 1 <= finetune_steps <= num_steps:
+            raise ValueError(f"DenoisingMDP: finetune_steps must be in [1, num_steps={num_steps}], got {finetune_steps}")
+        self.model, self.bank, self.reward = model, bank, reward
+        self.num_steps, self.finetune_steps, self.eta = num_steps, finetune_steps, float(eta)
+        self.timesteps = model.timesteps(num_steps)
+        c = model.config
+        shape = (bank.batches[0].num_agents, c.latent_steps, c.latent_dim)
+        self.latent_space = gym.spaces.Box(-np.inf, np.inf, shape, np.float32)
+        self.observation_space = gym.spaces.Dict({
+            "scene": gym.spaces.Discrete(len(bank)), "step": gym.spaces.Discrete(num_steps + 1),
+            "x": self.latent_space,
+        })
+        self.action_space = self.latent_space
+        self._first_episode = self._episode = first_episode
+        if seed is not None:
+            self._np_random, self._np_random_seed = gym.utils.seeding.np_random(seed)
+
+    @property
+    def device(self) -> torch.device:
+        return self.bank.batches[0].hist.device
+
+    def _noise(self, shape) -> torch.Tensor:
+        return torch.as_tensor(self.np_random.standard_normal(shape, dtype=np.float32), device=self.device)
+
+    def _obs(self) -> dict:
+        return {"scene": self._scene, "step": self._i, "x": self._x[0].cpu().numpy()}
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        if seed is not None:  # a seeded reset restarts the scene cycle too
+            self._episode = self._first_episode
+        scene = (options or {}).get("scene")
+        self._scene = int(scene) if scene is not None else self._episode % len(self.bank)
+        if not 0 <= self._scene < len(self.bank):
+            raise ValueError(f"DenoisingMDP.reset: scene {self._scene} outside [0, {len(self.bank)})")
+        self._episode += 1
+        x = self._noise((1,) + self.latent_space.shape)
+        self._i = self.num_steps - self.finetune_steps
+        if self._i > 0:
+            with torch.no_grad():
+                ctx = self.model.encode_context(self.bank.batches[self._scene])
+                for i in range(self._i):
+                    mean, std = self.model.denoise_mean_std(x, i, ctx, self.timesteps, self.eta)
+                    x = mean + std * self._noise(x.shape)
+        self._x = x
+        return self._obs(), {"scene_id": self.bank.scenes[self._scene].scene_id}
+
+    def step(self, action):
+        x = np.asarray(action, np.float32)
+        if x.shape != self.latent_space.shape:
+            raise ValueError(f"DenoisingMDP.step: action must be a latent {self.latent_space.shape}, got {x.shape}")
+        self._x = torch.as_tensor(x, device=self.device)[None]
+        self._i += 1
+        if self._i < self.num_steps:
+            return self._obs(), 0.0, False, False, {}
+        with torch.no_grad():
+            _, world = self.model.decode(self._x, self.bank.batches[self._scene])
+        ctx = decoded_reward_context(self.bank, self._scene, world[0].cpu().numpy().astype(np.float64))
+        reward = float(self.reward(ctx))
+        values = getattr(self.reward, "values", None)
+        info = {"reward_terms": {k: float(v) for k, v in values(ctx).items()}} if values else {}
+        return self._obs(), reward, True, False, info
