@@ -60,8 +60,8 @@ def cmd_train(args) -> int:
     else:
         from blm_gym.train.diffusion import DiffusionTrainConfig as Config, train_diffusion as train
     cfg = load_config(Config, args.config, args.set)
-    path = train(cfg, resume=args.resume)
-    print(f"checkpoint: {path}")
+    train(cfg, resume=args.resume)
+    print(f"checkpoint: {cfg.out}")
     return 0
 
 
