@@ -1,0 +1,57 @@
+"""End-to-end runs of the blm-gym command with tiny budgets."""
+import json
+
+import h5py
+import pytest
+
+from blm_gym.cli import main
+
+
+@pytest.mark.realdata
+def test_rollout_then_metrics_on_nuscenes(nuscenes_dir, tmp_path, capsys):
+    out = tmp_path / "idm.h5"
+    assert main(["rollout", "--env", "BLM-nuScenes-v0", "--data-dir", str(nuscenes_dir), "--policy", "idm",
+                 "--scenes", "scene-0103", "--horizon", "2", "--out", str(out), "--render"]) == 0
+    with h5py.File(out) as f:
+        assert f.attrs["schema_version"] == 1 and len(f["rollouts"]) == 1
+    assert (tmp_path / "idm" / "scene-0103_s0.mp4").stat().st_size > 0
+    assert main(["metrics", str(out), "--out", str(tmp_path / "m")]) == 0
+    report = json.loads((tmp_path / "m" / "metrics.json").read_text())
+    assert report["overall"]["log"]["collision_rate_step"]["value"] is not None
+    assert "collision_rate_any" in capsys.readouterr().out
+
+
+@pytest.mark.realdata
+def test_log_replay_reproduces_ground_truth(nuscenes_dir, tmp_path):
+    out = tmp_path / "log.h5"
+    assert main(["rollout", "--env", "BLM-nuScenes-v0", "--data-dir", str(nuscenes_dir), "--policy", "log",
+                 "--scenes", "scene-0103,scene-0916", "--out", str(out)]) == 0
+    assert main(["metrics", str(out), "--out", str(tmp_path / "m")]) == 0
+    overall = json.loads((tmp_path / "m" / "metrics.json").read_text())["overall"]
+    for name in ("collision_rate_step", "collision_rate_any", "offroad_rate_step", "offroad_rate_any"):
+        assert overall["sim"][name]["value"] == pytest.approx(overall["log"][name]["value"])
+    for name in ("jsd_speed", "jsd_accel", "jsd_jerk"):
+        assert overall["sim"][name]["value"] == pytest.approx(0.0, abs=1e-12)
+
+
+def test_missing_rollout_file_is_a_clear_error(tmp_path, capsys):
+    assert main(["metrics", str(tmp_path / "nope.h5")]) == 2
+    assert "nope.h5" in capsys.readouterr().err
+
+
+def test_demo_refuses_to_mix_runs(tmp_path, capsys):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "vae.pt").write_bytes(b"old")
+    assert main(["demo", "--out", str(tmp_path / "run")]) == 2
+    assert "--mode resume" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_demo_end_to_end_tiny(tmp_path):
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--set", "vae_steps=10", "diffusion_steps=10", "finetune_steps=1",
+                 "samples=2", "horizon_s=2", "synthetic_scenes=4", 'eval_scenes=["intersection-000"]']) == 0
+    summary = json.loads((out / "metrics.json").read_text())
+    assert {"pretrained", "finetuned", "log"} <= set(summary)
+    for name in ("rollout.h5", "rollout.mp4", "contact_sheet.png", "finetuned.pt"):
+        assert (out / name).stat().st_size > 0
