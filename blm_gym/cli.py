@@ -61,7 +61,8 @@ def cmd_train(args) -> int:
         from blm_gym.train.diffusion import DiffusionTrainConfig as Config, train_diffusion as train
     cfg = load_config(Config, args.config, args.set)
     train(cfg, resume=args.resume)
-    print(f"checkpoint: {cfg.out}")
+    if os.environ.get("RANK", "0") == "0":  # under torchrun only rank 0 writes the checkpoint
+        print(f"checkpoint: {cfg.out}")
     return 0
 
 

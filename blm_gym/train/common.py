@@ -21,6 +21,7 @@ from blm_gym.io import atomic_path
 from blm_gym.models.batch import AgentBatch, collate, mirror, scene_windows
 from blm_gym.models.blm import BLMModel
 from blm_gym.models.checkpoint import load_checkpoint, restore_model, save_checkpoint
+from blm_gym.train import distributed
 
 NUSCENES_MINI_VAL = ("scene-0103", "scene-0916")  # official v1.0-mini val split
 
@@ -94,9 +95,13 @@ def train_loop(cfg, model: BLMModel, params: list[torch.nn.Parameter], train: Ag
     ``cfg`` fields used: steps, batch_size, mirror, lr, weight_decay, warmup_steps, grad_clip, seed, out,
     log_every, val_every, save_every. ``finalize`` runs once after the last step, before the
     final checkpoint (e.g. to set ``latent_scale``). Returns the model and the CSV rows.
+    Under ``torchrun`` each rank trains on its shard of ``train`` with averaged gradients and only
+    rank 0 validates and writes files (:mod:`blm_gym.train.distributed`).
     """
     out = Path(cfg.out)
     log_path = out.with_suffix(".csv")
+    ctx = distributed.init_from_env(next(model.parameters()).device)
+    train = distributed.shard(train, ctx)
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     data_rng = torch.Generator().manual_seed(cfg.seed)
     step, rows = 0, []
@@ -112,9 +117,10 @@ def train_loop(cfg, model: BLMModel, params: list[torch.nn.Parameter], train: Ag
         rows = read_csv(log_path, step)
     elif resume:
         tqdm.write(f"{desc}: nothing to resume at {out}; starting from step 0")
+    distributed.setup_model(model, ctx)
     device = next(model.parameters()).device
     n = train.batch_size
-    bar = tqdm(total=cfg.steps, initial=step, desc=desc, disable=None)
+    bar = tqdm(total=cfg.steps, initial=step, desc=desc, disable=None if ctx.is_main else True)
     while step < cfg.steps:
         idx = torch.randint(0, n, (min(cfg.batch_size, n),), generator=data_rng)
         batch = train.index(idx)
@@ -127,12 +133,13 @@ def train_loop(cfg, model: BLMModel, params: list[torch.nn.Parameter], train: Ag
         loss, logs = loss_fn(model, batch, data_rng)
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        distributed.average_gradients(params, ctx)
         torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
         opt.step()
         step += 1
         bar.update(1)
         last = step == cfg.steps
-        if step % cfg.log_every == 0 or last:
+        if ctx.is_main and (step % cfg.log_every == 0 or last):
             row = {"step": step, "loss": float(loss.detach()), **logs}
             if val_fn is not None and (step % cfg.val_every == 0 or last):
                 model.eval()
@@ -143,7 +150,7 @@ def train_loop(cfg, model: BLMModel, params: list[torch.nn.Parameter], train: Ag
             write_csv(log_path, rows)
         if last and finalize is not None:
             finalize(model)
-        if step % cfg.save_every == 0 or last:
+        if ctx.is_main and (step % cfg.save_every == 0 or last):
             save_checkpoint(out, model, step=step, train_config=cfg, optimizer=opt, data_rng=data_rng)
     bar.close()
     model.eval()
