@@ -58,6 +58,17 @@ def test_collision_fires_on_overlapping_boxes_only():
     assert collision(three) == -1.0
 
 
+def test_collision_and_offroad_count_agents_hit_at_any_step():
+    # Two cars touch at the last of 4 steps, a third is far: 2 of 3 agents collide (not 2 of 12 steps).
+    x = [[10.0, 10.0, 10.0, 10.0], [30.0, 25.0, 20.0, 13.0], [80.0] * 4]
+    assert collision(ctx_of(make_scene(x, [[0.0] * 4] * 3))) == pytest.approx(-2 / 3)
+    # Car 0 leaves the road, car 1 starts off it (parked beside the road): from_road scores car 0 only.
+    y = [[0.0, 0.0, 12.0, 12.0], [15.0] * 4]
+    ctx = ctx_of(make_scene([[50.0] * 4, [20.0] * 4], y))
+    assert offroad(ctx) == -1.0 and offroad(ctx, from_road=1) == -1.0
+    assert offroad(ctx_of(make_scene([[50.0] * 4, [20.0] * 4], [[0.0] * 4, [15.0] * 4])), from_road=1) == 0.0
+
+
 def test_offroad_fires_outside_the_drivable_area_for_vehicles_only():
     on = ctx_of(make_scene([[50.0]], [[0.0]]))
     off = ctx_of(make_scene([[50.0]], [[15.0]]))

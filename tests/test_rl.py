@@ -16,7 +16,7 @@ from blm_gym.models.blm import BLMConfig, BLMModel
 from blm_gym.models.checkpoint import load_checkpoint, load_model, save_checkpoint
 from blm_gym.rewards import make_reward
 from blm_gym.rl import DenoisingMDP, SceneBank
-from blm_gym.rl.ppo import DiffusionActor, FinetuneConfig, build_ppo, finetune, normalise_per_group
+from blm_gym.rl.ppo import DiffusionActor, FinetuneConfig, build_ppo, finetune, latent_gaussian, normalise_per_group
 from test_rewards import make_scene
 
 torch.set_num_threads(1)
@@ -43,8 +43,8 @@ def bank(model):
 
 
 def cfg(tmp_path, **kw) -> FinetuneConfig:
-    base = dict(checkpoint=str(tmp_path / "base.pt"), reward="progress=1", start_step=10, max_agents=4, steps=2,
-                samples_per_scene=4, scenes_per_step=2, num_denoise_steps=4, finetune_steps=2, lr=1e-3,
+    base = dict(checkpoint=str(tmp_path / "base.pt"), reward="progress=1", start_steps=(10,), max_agents=4, steps=2,
+                samples_per_scene=4, scenes_per_step=2, num_denoise_steps=4, finetune_steps=2, lr=1e-3, eta=1.0,
                 batch_size=8, repeat=2, out=str(tmp_path / "ft.pt"))
     return FinetuneConfig(**{**base, **kw})
 
@@ -62,21 +62,22 @@ def test_mdp_episode_is_the_last_k_steps_with_a_terminal_reward(model, bank):
     check_env(env, skip_render_check=True)
 
 
-def test_policy_log_prob_matches_the_closed_form_gaussian(model, bank):
+def test_policy_log_prob_is_the_per_dim_mean_of_the_closed_form_gaussian(model, bank):
     actor = DiffusionActor(model, bank, num_steps=4, eta=1.0, std_floor=0.1)
     x = torch.randn(3, 4, 2, 4)
     obs = Batch(scene=np.array([0, 1, 0]), step=np.array([2, 3, 3]), x=x.numpy())
-    (mean, std), _ = actor(obs)
+    (mean, std, real_rows), _ = actor(obs)
     act = torch.randn_like(x)
-    logp = torch.distributions.Independent(torch.distributions.Normal(mean, std), 3).log_prob(act)
+    logp = latent_gaussian((mean, std, real_rows)).log_prob(act)
     real = bank.agent_mask([0])[0]
+    assert torch.equal(real_rows.bool(), real[None, :, None, None].expand_as(x))
     for b, (s, i) in enumerate([(0, 2), (1, 3), (0, 3)]):
         with torch.no_grad():
             mu, sd = model.denoise_mean_std(x[b:b + 1], i, model.encode_context(bank.batches[s]), actor.timesteps, 1.0)
         mu, sd = mu[0].double(), sd[0].double().clamp(min=0.1)
         mu, sd = torch.where(real[:, None, None], mu, 0.0), torch.where(real[:, None, None], sd, 1.0)
         a = act[b].double()
-        ref = (-0.5 * ((a - mu) / sd) ** 2 - sd.log() - 0.5 * math.log(2 * math.pi)).sum()
+        ref = (-0.5 * ((a - mu) / sd) ** 2 - sd.log() - 0.5 * math.log(2 * math.pi))[real].mean()
         assert logp[b].item() == pytest.approx(ref.item(), rel=1e-5)
     # The last DDIM step is deterministic (std 0): the policy's std is the floor there, never 0.
     assert torch.allclose(std[1][real], torch.tensor(0.1)) and (std > 0).all()
@@ -101,6 +102,27 @@ def test_first_update_has_ratio_one_and_zero_kl(tmp_path, model):
     assert stats.initial_ratio_error < 1e-4  # logp_old comes from the same weights
     assert stats.initial_kl == 0.0  # trainee == reference before any step
     assert stats.kl.max > 0.0  # ...and the update moved it
+
+
+def test_scene_bank_plans_every_scene_from_every_step_it_has(model):
+    b = SceneBank([scene(), scene()], model, step=(10, 20, 29), max_agents=4)
+    assert b.steps == [10, 10, 20, 20, 29, 29] and len(b) == 6  # step-major: one iteration sees many scenes
+    with pytest.raises(ValueError, match="lower the planning steps"):
+        SceneBank([scene()], model, step=(30, 40), max_agents=4)
+
+
+def test_decoded_reward_scores_vehicles_and_off_road_counts_vehicles_leaving_the_road(model, bank):
+    from blm_gym.rl import decoded_reward_context
+
+    b = bank.batches[0]
+    rows = int((b.agent_mask[0] & (b.agent_index[0] >= 0)).sum())
+    stay = np.broadcast_to(b.state_world[0, :4].numpy()[:, None, :], (4, 8, 4)).astype(np.float64)
+    ctx = decoded_reward_context(bank, 0, stay)
+    assert ctx.x.shape == (rows, 9) and ctx.controlled.all()  # three cars, all vehicles
+    assert make_reward("collision=1,offroad(from_road=1)=1")(ctx) == 0.0
+    gone = stay.copy()
+    gone[0, 4:, 1] = 1e4  # the first car leaves the road half-way through the plan
+    assert make_reward("offroad(from_road=1)")(decoded_reward_context(bank, 0, gone)) == pytest.approx(-1 / rows)
 
 
 def test_normalise_per_group_centres_and_scales_each_group():

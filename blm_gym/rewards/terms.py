@@ -141,17 +141,35 @@ def _agent_first(a: np.ndarray) -> np.ndarray:
     return np.swapaxes(a, -1, -2)
 
 
+def _agent_any_mean(hit: np.ndarray, scored: np.ndarray) -> np.ndarray:
+    """Fraction of scored agents (``scored`` ``(..., N, T)`` true anywhere) with ``hit`` at a scored step.
+
+    Per-agent "any step" counts match the closed-loop ``*_rate_any`` metrics; with one state
+    (``T = 1``, the env wrappers) it is the fraction of scored agents hit at that step.
+    """
+    agents = scored.any(-1)
+    return (hit & scored).any(-1).sum(-1) / np.maximum(agents.sum(-1), 1)
+
+
 def collision(ctx: RewardContext) -> np.ndarray:
-    """Minus the fraction of scored agent-steps whose box overlaps another valid agent's box."""
-    return 0.0 - _masked_mean(_agent_first(agent_collisions(*_boxes(ctx))), ctx.focus)
+    """Minus the fraction of scored agents whose box overlaps another valid agent's box at any step."""
+    return 0.0 - _agent_any_mean(_agent_first(agent_collisions(*_boxes(ctx))), ctx.focus)
 
 
-def offroad(ctx: RewardContext) -> np.ndarray:
-    """Minus the fraction of scored *vehicle*-steps whose centre is off the drivable area."""
+def offroad(ctx: RewardContext, from_road: float = 0.0) -> np.ndarray:
+    """Minus the fraction of scored *vehicles* whose centre is off the drivable area at any step.
+
+    ``from_road=1`` scores only vehicles on the drivable area at their first valid state (the
+    ``offroad_rate_any`` metric: leaving the road, not parking beside it; needs ``T > 1``).
+    """
     if ctx.drivable is None:
         raise ValueError("offroad term: the RewardContext has no drivable area; build it with from_scene(...)")
     off = _offroad(ctx.drivable, ctx.x, ctx.y, ctx.valid)
-    return 0.0 - _masked_mean(off, ctx.focus & (ctx.agent_type == AgentType.VEHICLE)[:, None])
+    scored = ctx.focus & (ctx.agent_type == AgentType.VEHICLE)[:, None]
+    if from_road:
+        first = np.argmax(ctx.valid, axis=-1)[..., None]
+        scored = scored & ~np.take_along_axis(off, first, -1)
+    return 0.0 - _agent_any_mean(off, scored)
 
 
 def _ttc(ctx: RewardContext, horizon: float, num_discs: int) -> np.ndarray:

@@ -1,6 +1,7 @@
 """The denoising chain as an MDP (BLM stage 3, DDPO/DPPO-style).
 
-One episode is the last ``K`` DDIM steps of one joint latent plan for one scene:
+One episode is the last ``K`` DDIM steps of one joint latent plan for one bank entry (a scene
+planned from one log step, :class:`SceneBank`):
 
 - state: ``(scene index, DDIM step index i, x_{t_i})``, observed as a dict
   ``{"scene": int, "step": int, "x": (N, T', d) float32}``;
@@ -24,7 +25,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from blm_gym.data.scene import Scene
+from blm_gym.data.scene import AgentType, Scene
 from blm_gym.models.batch import AgentBatch, collate, make_agent_batch
 from blm_gym.models.blm import BLMModel
 from blm_gym.models.denoiser import SceneContext
@@ -32,21 +33,30 @@ from blm_gym.rewards.terms import RewardContext, RewardTerm
 
 
 class SceneBank:
-    """The fine-tuning scenes, their model inputs (B = 1 each, padded to ``max_agents``) and the
-    frozen ``reference`` model's scene contexts (computed once, no gradient)."""
+    """The fine-tuning planning problems, their model inputs (B = 1 each, padded to ``max_agents``)
+    and the frozen ``reference`` model's scene contexts (computed once, no gradient).
 
-    def __init__(self, scenes: Sequence[Scene], reference: BLMModel, *, step: int, max_agents: int = 32,
-                 device: str | torch.device = "cpu"):
+    Entry ``k`` plans scene ``scenes[k]`` from log step ``steps[k]``: every scene is planned from
+    every step of ``step`` (an int or several) that it has, so closed-loop-like states along the
+    log are covered (the closed-loop policy replans every second).
+    """
+
+    def __init__(self, scenes: Sequence[Scene], reference: BLMModel, *, step: int | Sequence[int],
+                 max_agents: int = 32, device: str | torch.device = "cpu"):
         if not scenes:
             raise ValueError("SceneBank: got no scenes")
         c = reference.config
-        short = [s.scene_id for s in scenes if s.num_steps <= step]
+        wanted = [int(step)] if np.ndim(step) == 0 else [int(k) for k in step]
+        short = [s.scene_id for s in scenes if s.num_steps <= min(wanted)]
         if short:
-            raise ValueError(f"SceneBank: scenes {short} have no step {step}; lower the planning step (start_step)")
-        self.scenes = list(scenes)
-        self.step = step
-        self.batches = [make_agent_batch(s, step, max_agents=max_agents, history_steps=c.history_steps,
-                                         future_steps=c.future_steps).to(device) for s in self.scenes]
+            raise ValueError(f"SceneBank: scenes {short} have none of the steps {wanted}; lower the planning steps "
+                             "(start_steps)")
+        pairs = [(s, k) for k in wanted for s in scenes if k < s.num_steps]  # step-major: consecutive entries
+        # (the scenes of one PPO iteration) are different scenes
+        self.scenes = [s for s, _ in pairs]
+        self.steps = [k for _, k in pairs]
+        self.batches = [make_agent_batch(s, k, max_agents=max_agents, history_steps=c.history_steps,
+                                         future_steps=c.future_steps).to(device) for s, k in pairs]
         with torch.no_grad():
             self.contexts = [reference.encode_context(b) for b in self.batches]
 
@@ -71,8 +81,10 @@ class SceneBank:
 def decoded_reward_context(bank: SceneBank, scene: int, world_states: np.ndarray) -> RewardContext:
     """Reward context of decoded plans ``(..., N, F, 4)`` (x, y, heading, speed) of scene ``scene``.
 
-    The planned (real, not padded) agents are the scored ones; their current state is prepended,
-    so ``T = F + 1`` and step-difference terms (progress, comfort) see the plan's start.
+    All planned (real, not padded) agents are in the context and the vehicles among them are
+    scored (the closed-loop policy drives vehicles); their current state is prepended, so
+    ``T = F + 1``, step-difference terms (progress, comfort) see the plan's start and
+    ``offroad(from_road=1)`` knows who starts on the road.
     """
     b = bank.batches[scene]
     rows = (b.agent_mask[0] & (b.agent_index[0] >= 0)).cpu().numpy()
@@ -80,8 +92,9 @@ def decoded_reward_context(bank: SceneBank, scene: int, world_states: np.ndarray
                           world_states.shape[:-3] + (int(rows.sum()), 1, 4))
     states = np.concatenate([now, world_states[..., rows, :, :]], axis=-2)
     idx = b.agent_index[0].cpu().numpy()[rows]
-    return RewardContext.from_scene(bank.scenes[scene], *np.moveaxis(states, -1, 0),
-                                    valid=np.ones(states.shape[:-1], bool), agent_index=idx)
+    sc = bank.scenes[scene]
+    return RewardContext.from_scene(sc, *np.moveaxis(states, -1, 0), valid=np.ones(states.shape[:-1], bool),
+                                    controlled=sc.agent_type[idx] == AgentType.VEHICLE, agent_index=idx)
 
 
 class DenoisingMDP(gym.Env):

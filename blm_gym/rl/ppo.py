@@ -2,16 +2,22 @@
 
 Actor: the denoiser's Gaussian DDIM step ``N(mu_theta(x_t, i, ctx), sigma_i^2)`` over the whole
 joint latent, with ``sigma_i`` from the schedule floored at ``std_floor`` (the last DDIM step is
-deterministic, std 0: its log-prob is undefined, so it is never taken unfloored). Padded agents
-get mean 0 and std 1 under every policy, so they cancel out of ratios and the KL.
+deterministic, std 0: its log-prob is undefined, so it is never taken unfloored). With ``eta = 0``
+(the closed-loop policy's deterministic DDIM) the chain's prefix is the policy's exact sampler and
+the floor is the exploration noise of the fine-tuned steps; evaluation takes the mean.
 
-Critic: a small MLP on (pooled frozen scene context, step ``i``, pooled ``x_t``).
+Log-probs are the *per-dimension mean* over the real agents' latent dims (DDPO): a sum over
+~800 dims makes every ratio leave any clip range after one update. Padded agents get mean 0 and
+std 1 and are masked out of log-probs and the KL.
+
+Critic: a small MLP on (pooled frozen scene context, step ``i``, pooled ``x_t``); it is trained
+and logged but, as in DDPO, the advantage is the final reward normalised over the samples of
+the same plan (bank entry) and DDIM step: with 8-16 samples that beats a learned baseline.
 
 Loss per minibatch (:class:`DiffusionPPO`, a subclass of ``tianshou.algorithm.PPO``): the
 clipped surrogate, the critic's squared error, and a KL penalty to the frozen pretrained
-model, closed form per step for Gaussians of equal std:
-``KL = sum ||mu_theta - mu_ref||^2 / (2 sigma^2)``. Advantages (``gamma = 1``, GAE ``lambda = 1``:
-final reward minus value) are normalised per (scene, DDIM step) over the samples of that scene.
+model, closed form per step for Gaussians of equal std, averaged like the log-probs:
+``KL = mean ||mu_theta - mu_ref||^2 / (2 sigma^2)``.
 
 :func:`finetune` runs it: Tianshou collects ``samples_per_scene`` lockstep copies of the
 :class:`~blm_gym.rl.denoising_mdp.DenoisingMDP` (so every scene gets that many samples per
@@ -50,8 +56,9 @@ from tianshou.utils.torch_utils import policy_within_training_step, torch_train_
 # ---- actor and critic -------------------------------------------------------------------------
 
 def gaussian_step(model: BLMModel, bank: SceneBank, obs, timesteps: torch.Tensor, eta: float, std_floor: float,
-                  frozen_context: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean and floored std ``(B, N, T', d)`` of the policy's next latent for observations ``obs``.
+                  frozen_context: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Mean and floored std ``(B, N, T', d)`` of the policy's next latent for observations ``obs``,
+    and the real-agent mask as floats of the same shape (Tianshou stacks the three).
 
     ``obs`` has ``scene`` ``(B,)``, ``step`` ``(B,)`` and ``x`` ``(B, N, T', d)``. Rows are grouped by
     DDIM step (the model takes one step index per call). ``frozen_context`` uses the bank's
@@ -73,16 +80,32 @@ def gaussian_step(model: BLMModel, bank: SceneBank, obs, timesteps: torch.Tensor
     inverse = torch.argsort(torch.cat(order))
     mean, std = torch.cat(means)[inverse], torch.cat(stds)[inverse]
     real = bank.agent_mask(scene.tolist())[:, :, None, None]
-    return torch.where(real, mean, 0.0), torch.where(real, std.clamp(min=std_floor), 1.0)
+    return torch.where(real, mean, 0.0), torch.where(real, std.clamp(min=std_floor), 1.0), real.expand_as(mean).float()
 
 
-def latent_gaussian(loc_scale: tuple[torch.Tensor, torch.Tensor]) -> Independent:
-    """Diagonal Gaussian over whole latents ``(B, N, T', d)``: ``log_prob`` sums to ``(B,)``."""
-    return Independent(Normal(*loc_scale), 3)
+def masked_dim_mean(values: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+    """Mean of ``values`` ``(B, N, T', d)`` over the dims where ``real`` (0/1, same shape): ``(B,)``."""
+    return (values * real).sum((1, 2, 3)) / real.sum((1, 2, 3)).clamp(min=1)
+
+
+class LatentGaussian(Independent):
+    """Diagonal Gaussian over latents ``(B, N, T', d)``; ``log_prob`` is the mean per real-agent dim ``(B,)``."""
+
+    def __init__(self, loc: torch.Tensor, scale: torch.Tensor, real: torch.Tensor):
+        super().__init__(Normal(loc, scale), 3)
+        self.real = real
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        return masked_dim_mean(self.base_dist.log_prob(value), self.real)
+
+
+def latent_gaussian(params: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> LatentGaussian:
+    """Tianshou ``dist_fn``: the actor's ``(mean, std, real)`` as a :class:`LatentGaussian`."""
+    return LatentGaussian(*params)
 
 
 class DiffusionActor(nn.Module):
-    """Tianshou actor: ``obs -> ((mean, std), None)`` of the denoising step of ``model``."""
+    """Tianshou actor: ``obs -> ((mean, std, real), None)`` of the denoising step of ``model``."""
 
     def __init__(self, model: BLMModel, bank: SceneBank, num_steps: int, eta: float, std_floor: float):
         super().__init__()
@@ -124,7 +147,7 @@ class LatentCritic(nn.Module):
 
 @dataclass(kw_only=True)
 class DiffusionPPOStats(A2CTrainingStats):
-    kl: SequenceSummaryStats  # per-sample KL to the reference, summed over latent dims
+    kl: SequenceSummaryStats  # per-sample KL to the reference, mean per real latent dim
     clip_fraction: SequenceSummaryStats  # share of samples whose ratio left [1 - clip, 1 + clip]
     initial_ratio_error: float  # max |ratio - 1| on the update's first minibatch (0 up to round-off)
     initial_kl: float  # KL on the update's first minibatch
@@ -134,8 +157,8 @@ class DiffusionPPO(PPO):
     """Tianshou PPO plus a closed-form KL penalty to ``reference`` and per-scene advantages.
 
     ``reference``: the frozen pretrained model; ``kl_coef`` weights the KL in the loss. Other
-    arguments are :class:`tianshou.algorithm.PPO`'s (``advantage_normalization`` is replaced by
-    the per-(scene, step) normalisation).
+    arguments are :class:`tianshou.algorithm.PPO`'s (the advantage is the return normalised per
+    (bank entry, step), replacing ``advantage_normalization`` and the critic's baseline).
     """
 
     def __init__(self, *, reference: BLMModel, kl_coef: float, **kwargs):
@@ -155,7 +178,7 @@ class DiffusionPPO(PPO):
             ref = [gaussian_step(self.reference, a.bank, mb.obs, a.timesteps, a.eta, a.std_floor, frozen_context=True)[0]
                    for mb in batch.split(self.max_batchsize, shuffle=False, merge_last=True)]
         batch.mu_ref = torch.cat(ref)
-        batch.adv = normalise_per_group(batch.adv, np.asarray(batch.obs.scene), np.asarray(batch.obs.step))
+        batch.adv = normalise_per_group(batch.returns, np.asarray(batch.obs.scene), np.asarray(batch.obs.step))
         return batch
 
     def _update_with_batch(self, batch, batch_size: int | None, repeat: int) -> DiffusionPPOStats:
@@ -168,7 +191,7 @@ class DiffusionPPO(PPO):
                 surrogate = torch.min(ratio * mb.adv, ratio.clamp(1 - self.eps_clip, 1 + self.eps_clip) * mb.adv)
                 clip_loss = -surrogate.mean()
                 var = dist.base_dist.scale.pow(2)
-                kl = ((dist.base_dist.loc - mb.mu_ref).pow(2) / (2 * var)).sum((1, 2, 3)).mean()
+                kl = masked_dim_mean((dist.base_dist.loc - mb.mu_ref).pow(2) / (2 * var), dist.real).mean()
                 vf_loss = (mb.returns - self.critic(mb.obs).flatten()).pow(2).mean()
                 loss = clip_loss + self.vf_coef * vf_loss + self.kl_coef * kl
                 if first_ratio_err is None:
@@ -208,25 +231,26 @@ class FinetuneConfig:
     """PPO fine-tuning of a BLM checkpoint (``blm-gym finetune``)."""
 
     checkpoint: str = "runs/blm/diffusion.pt"  # pretrained BLM model (stages 1 + 2)
-    reward: str = "collision=1,offroad=1"  # make_reward spec of rule-based terms
+    reward: str = "collision=1,offroad(from_road=1)=1"  # make_reward spec (offroad: vehicles leaving the road)
     env: str = "BLM-Synthetic-v0"  # env id whose scene source provides the scenes
     data_dir: str | None = None  # data folder for real-data env ids
     scene_ids: tuple[str, ...] | None = None  # subset of scenes (default: all)
     max_scenes: int = 8  # at most this many scenes (the first ones)
-    start_step: int = 10  # log step the plans start from (needs history before it)
+    start_steps: tuple[int, ...] = (30, 50, 70, 90, 110, 130)  # log steps every scene is planned from
+
     max_agents: int = 32  # agents planned jointly per scene
     steps: int = 50  # PPO iterations (collect + update)
-    samples_per_scene: int = 8  # parallel chains per scene (advantages are normalised over them)
-    scenes_per_step: int = 4  # scenes collected per iteration
-    num_denoise_steps: int = 10  # DDIM steps of a chain
+    samples_per_scene: int = 8  # parallel chains per plan (advantages are normalised over them)
+    scenes_per_step: int = 8  # plans (bank entries: scene x start step) collected per iteration
+    num_denoise_steps: int = 5  # DDIM steps of a chain: the closed-loop policy's (model default)
     finetune_steps: int = 2  # K: only the last K DDIM steps are MDP actions
-    eta: float = 1.0  # DDIM stochasticity
-    std_floor: float = 0.1  # minimum policy std (normalised latent units)
-    lr: float = 1e-5
-    clip: float = 0.2  # PPO ratio clip
-    kl_coef: float = 0.01  # weight of the closed-form KL to the pretrained model
+    eta: float = 0.0  # DDIM stochasticity: the closed-loop policy's (deterministic DDIM)
+    std_floor: float = 0.2  # minimum policy std (normalised latent units): the exploration noise
+    lr: float = 1e-4
+    clip: float = 0.01  # PPO ratio clip (ratios of per-dim mean log-probs)
+    kl_coef: float = 0.01  # weight of the closed-form KL (per dim) to the pretrained model
     vf_coef: float = 0.5
-    repeat: int = 4  # optimisation epochs per iteration
+    repeat: int = 2  # optimisation epochs per iteration
     batch_size: int = 64  # minibatch (transitions)
     max_grad_norm: float = 1.0
     seed: int = 0
@@ -251,7 +275,7 @@ def _load_scenes(cfg: FinetuneConfig):
 def build_ppo(cfg: FinetuneConfig, model: BLMModel, reference: BLMModel, scenes, reward: RewardTerm,
               first_episode: int = 0) -> tuple[DiffusionPPO, DummyVectorEnv]:
     """The algorithm (actor = ``model``'s denoiser) and ``samples_per_scene`` lockstep MDP copies."""
-    bank = SceneBank(scenes, reference, step=cfg.start_step, max_agents=cfg.max_agents, device=cfg.device)
+    bank = SceneBank(scenes, reference, step=cfg.start_steps, max_agents=cfg.max_agents, device=cfg.device)
     model.vae.requires_grad_(False)  # the decoder is not part of the policy
     envs = DummyVectorEnv([
         (lambda j=j: DenoisingMDP(model, bank, reward, num_steps=cfg.num_denoise_steps,
@@ -291,7 +315,7 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, scenes=None) -> Path:
     atomically. ``resume`` continues from ``out`` (its weights, optimizer, critic, iteration).
     """
     if cfg.samples_per_scene < 2:
-        raise ValueError("finetune: samples_per_scene must be >= 2 (advantages are normalised per scene)")
+        raise ValueError("finetune: samples_per_scene must be >= 2 (advantages are normalised per plan)")
     out, log_path = Path(cfg.out), Path(cfg.out).with_suffix(".csv")
     if out.exists() and not resume:
         raise FileExistsError(f"finetune: {out} exists; pass resume=True (--resume) to continue it or pick another out")
