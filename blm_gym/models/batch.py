@@ -19,12 +19,12 @@ from typing import Iterator, Sequence
 import numpy as np
 import torch
 
-from blm_gym.data.scene import Scene, Trajectories
+from blm_gym.data.scene import AgentType, Scene, Trajectories
 from blm_gym.sim.kinematics import actions_from_states, wrap_angle
 
 HISTORY_STEPS = 10  # 1 s of history (states s-9 .. s)
 FUTURE_STEPS = 52  # 5.2 s of future actions
-MAX_LANES = 32  # nearest lane centerlines kept per scene
+MAX_LANES = 64  # lane centerlines kept per scene, those nearest to any of its agents
 LANE_POINTS = 20  # points per lane after resampling
 HIST_FEATURES = 6  # x, y, cos(heading), sin(heading), speed, valid (scene frame)
 
@@ -127,21 +127,45 @@ def to_world_frame(x: torch.Tensor, y: torch.Tensor, heading: torch.Tensor, fram
     return fx + c * x - s * y, fy + s * x + c * y, wrap_angle(heading + fh)
 
 
+def road_users(scene: Scene) -> np.ndarray:
+    """Bool ``(N,)``: the agents a plan is made around: vehicles, and pedestrians, cyclists and
+    static obstacles as the context vehicles must react to (the model plans for them too; the
+    policy executes only the vehicles' plans)."""
+    return scene.agent_type != AgentType.UNKNOWN
+
+
 def nearest_agents(scene: Scene, xy: np.ndarray, valid: np.ndarray, max_agents: int,
                    candidates: np.ndarray | None = None) -> np.ndarray:
-    """Indices of up to ``max_agents`` agents nearest to the ego (ego first).
+    """Indices of up to ``max_agents`` agents nearest to the ego (ego first, then vehicles, then others).
 
     ``xy`` ``(N, 2)`` and ``valid`` ``(N,)`` are the current positions; ``candidates`` (bool
-    ``(N,)``, default: vehicles) restricts the pick; the ego is always kept.
+    ``(N,)``, default: :func:`road_users`) restricts the pick; the ego is always kept.
     """
-    cand = scene.is_vehicle if candidates is None else candidates
+    cand = road_users(scene) if candidates is None else candidates
     cand = cand & valid
     cand[scene.ego_index] = True
     dist = np.linalg.norm(xy - xy[scene.ego_index], axis=-1)
     dist = np.where(cand, dist, np.inf)
     dist[scene.ego_index] = -1.0
-    order = np.argsort(dist, kind="stable")[:max_agents]
+    # vehicles first (nearest first), then the other road users: a small max_agents keeps the vehicles
+    order = np.lexsort((dist, ~scene.is_vehicle & (dist >= 0)))[:max_agents]
     return order[np.isfinite(dist[order])]
+
+
+def nearest_lanes(lanes: np.ndarray, lane_mask: np.ndarray, xy: np.ndarray, max_lanes: int) -> np.ndarray:
+    """Indices of up to ``max_lanes`` lanes ``(L, P, 2)`` nearest to any of the positions ``xy`` ``(n, 2)``.
+
+    Lanes are ranked by their distance to the nearest position, so every agent of a spread-out
+    scene gets the lanes around it (not only the ego).
+    """
+    pts = lanes[lane_mask]  # (M, 2) valid points, lane by lane
+    owner = np.nonzero(lane_mask)[0]
+    d = np.full(len(pts), np.inf)
+    for i in range(0, len(xy), 32):  # chunks keep the (M, 32) distance table small
+        d = np.minimum(d, np.linalg.norm(pts[:, None] - xy[None, i:i + 32], axis=-1).min(-1))
+    lane_d = np.full(len(lanes), np.inf)
+    np.minimum.at(lane_d, owner, d)
+    return np.argsort(lane_d, kind="stable")[:max_lanes]
 
 
 def _resample_lanes(lanes: np.ndarray, mask: np.ndarray, points: int) -> np.ndarray:
@@ -160,7 +184,7 @@ def make_agent_batch(scene: Scene, step: int, *, max_agents: int = 32, agents: n
     ``history``: states of all ``scene.num_agents`` agents at steps ``step - H + 1 .. step``
     (``(N, H)`` Trajectories, e.g. what a closed-loop policy simulated); default: the log.
     ``agents``: scene rows to include (at most ``max_agents``); default: the ego and the nearest
-    vehicles valid at ``step``. Future targets come from the log where it extends that far.
+    road users valid at ``step``. Future targets come from the log where it extends that far.
     """
     n_scene, t_log = scene.num_agents, scene.num_steps
     if not 0 <= step < t_log:
@@ -208,9 +232,7 @@ def make_agent_batch(scene: Scene, step: int, *, max_agents: int = 32, agents: n
 
     road = scene.road
     if len(road.lanes):
-        d = np.linalg.norm(road.lanes - cur_xy[ego], axis=-1)
-        d = np.where(road.lane_mask, d, np.inf).min(-1)
-        keep = np.argsort(d, kind="stable")[:max_lanes]
+        keep = nearest_lanes(road.lanes, road.lane_mask, cur_xy[agents[h.valid[:, -1]]], max_lanes)
         lanes_w = _resample_lanes(road.lanes[keep], road.lane_mask[keep], lane_points)
         lx, ly, _ = to_scene_frame(t(lanes_w[..., 0]), t(lanes_w[..., 1]), torch.zeros(lanes_w.shape[:2]), frame)
         lanes = torch.zeros(max_lanes, lane_points, 2)
@@ -240,7 +262,7 @@ def scene_windows(scenes: Sequence[Scene], *, stride: int = 5, max_agents: int =
                   max_lanes: int = MAX_LANES, lane_points: int = LANE_POINTS) -> Iterator[AgentBatch]:
     """Training windows: every ``stride`` steps of each scene where a full history and future fit.
 
-    Agents are the ego + nearest vehicles valid at the window's current step; those whose future
+    Agents are the ego + nearest road users valid at the window's current step; those whose future
     is not fully logged stay in the batch as context and drop out of losses (``train_mask``).
     """
     for scene in scenes:
@@ -249,5 +271,5 @@ def scene_windows(scenes: Sequence[Scene], *, stride: int = 5, max_agents: int =
                                    future_steps=future_steps, max_lanes=max_lanes, lane_points=lane_points)
 
 
-__all__ = ["AgentBatch", "collate", "make_agent_batch", "mirror", "nearest_agents", "scene_windows",
+__all__ = ["AgentBatch", "collate", "make_agent_batch", "mirror", "nearest_agents", "nearest_lanes", "road_users", "scene_windows",
            "to_scene_frame", "to_world_frame", "HISTORY_STEPS", "FUTURE_STEPS"]

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from blm_gym.data.scene import AgentType
 from blm_gym.models.batch import FUTURE_STEPS, HISTORY_STEPS, AgentBatch, to_world_frame
 from blm_gym.models.denoiser import SceneContext, SceneDenoiser
 from blm_gym.models.schedule import DiffusionSchedule, ddim_timesteps
@@ -80,14 +81,16 @@ class BLMModel(nn.Module):
 
     def vae_losses(self, batch: AgentBatch, generator: torch.Generator | None = None,
                    sample: bool = True) -> dict[str, torch.Tensor]:
-        """Stage-1 losses over ``batch.train_mask`` agents.
+        """Stage-1 losses over ``batch.train_mask`` vehicles.
 
         ``ade``/``fde``: mean / final distance (m) of decoded states to the log (decoded from a
         posterior sample, or its mean when ``sample`` is False; integrated in the scene frame, as
         distances are frame-invariant); ``action``: MSE of normalised actions; ``kl``: mean KL
         per latent element to N(0, 1).
         """
-        m = batch.train_mask
+        # vehicles only: the policy executes vehicle plans, and pedestrian headings (hence yaw
+        # rates) in the logs are mostly noise that would take the VAE's capacity
+        m = batch.train_mask & (batch.agent_type == AgentType.VEHICLE)
         actions, fut, start = batch.fut_actions[m], batch.fut_states[m], batch.state_scene[m]
         mean, logvar = self.vae.encode(actions)
         z = mean

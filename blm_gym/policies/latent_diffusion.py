@@ -2,10 +2,17 @@
 
 At each replan the policy builds an :class:`~blm_gym.models.batch.AgentBatch` from the scene and
 the history it simulated (the log before the episode starts), samples one joint plan for the ego
-and the ``max_agents - 1`` nearest vehicles (controlled or not: the others are context), and then
-executes the planned (acceleration, yaw rate) of the current step for the agents it controls.
-Controlled agents outside the plan (farther away, or not vehicles) keep their speed and heading
-(zero action).
+and the nearest road users (by default all valid ones: vehicles, pedestrians, cyclists, static
+obstacles; controlled or not: the others are context),
+and then executes the planned (acceleration, yaw rate) of the current step for the agents it
+controls. Controlled agents outside the plan (beyond ``max_agents``) keep their
+speed and heading (zero action).
+
+Standstill hold (a real controller's brake hold): an agent that stands (speed below
+``standstill_speed``) and whose plan stays below that speed for the next ``standstill_hold_s``
+brakes to a stop and stays there until the next replan. Latent plans of parked cars carry small
+non-zero accelerations (the denoiser never lands exactly on the "all zero" latent), and replanning
+compounds them into creep; a plan that pulls away is executed as planned.
 """
 from __future__ import annotations
 
@@ -15,7 +22,7 @@ import numpy as np
 import torch
 
 from blm_gym.data.scene import Scene, Trajectories
-from blm_gym.models.batch import make_agent_batch
+from blm_gym.models.batch import MAX_LANES, make_agent_batch, road_users
 from blm_gym.models.blm import BLMModel
 from blm_gym.models.checkpoint import load_model
 from blm_gym.sim.state import Action, SimState
@@ -28,20 +35,27 @@ class LatentDiffusionPolicy:
 
     ``replan_every_s``: seconds between plans (at most the plan length, 5.2 s);
     ``num_steps``/``eta``: DDIM steps (None: the model's default) and stochasticity (0: DDIM);
-    ``max_agents``: agents per joint plan (ego + nearest vehicles).
+    ``max_agents``: agents per joint plan (ego + nearest road users; None: every one valid at the
+    replan); ``max_lanes``: lane centerlines the plan sees; ``standstill_speed`` (m/s; 0 disables) and ``standstill_hold_s``: the standstill hold
+    of the module docstring.
     """
 
     name = "blm"
 
-    def __init__(self, model: BLMModel, *, replan_every_s: float = 1.0, num_steps: int | None = None,
-                 eta: float = 0.0, max_agents: int = 32):
+    def __init__(self, model: BLMModel, *, replan_every_s: float = 0.5, num_steps: int | None = None,
+                 eta: float = 0.0, max_agents: int | None = None, standstill_speed: float = 0.5,
+                 standstill_hold_s: float = 2.0, max_lanes: int = MAX_LANES):
         c = model.config
         self.replan_steps = int(round(replan_every_s / c.dt))
         if not 1 <= self.replan_steps <= c.future_steps:
             raise ValueError(f"replan_every_s must be in [{c.dt}, {c.future_steps * c.dt:.1f}] s "
                              f"(one step .. the plan length), got {replan_every_s}")
         self.model = model.eval()
+        if max_agents is not None and max_agents < 1:
+            raise ValueError(f"max_agents must be >= 1 or None (every valid road user), got {max_agents}")
         self.num_steps, self.eta, self.max_agents = num_steps, eta, max_agents
+        self.standstill_speed, self.max_lanes = standstill_speed, max_lanes
+        self.hold_steps = min(max(int(round(standstill_hold_s / c.dt)), 1), c.future_steps)
         self.device = next(model.parameters()).device
 
     @classmethod
@@ -83,15 +97,22 @@ class LatentDiffusionPolicy:
     def _replan(self, state: SimState) -> None:
         s = self._scene
         hist = Trajectories.from_states(length=s.traj.length, width=s.traj.width, **self._hist)
-        batch = make_agent_batch(s, state.step, max_agents=self.max_agents, history=hist,
+        n = self.max_agents or int((road_users(s) & state.valid).sum()) + 1  # + 1: the ego may not be one
+        batch = make_agent_batch(s, state.step, max_agents=n, max_lanes=self.max_lanes, history=hist,
                                  history_steps=self.model.config.history_steps,
                                  future_steps=self.model.config.future_steps).to(self.device)
         latents = self.model.sample(batch, 1, self.num_steps, self.eta, self._gen)[:, 0]
-        actions, _ = self.model.decode(latents, batch)
+        actions, states = self.model.decode(latents, batch)
+        actions, speed = actions[0], states[0, :, : self.hold_steps, 3]
+        hold = (batch.state_world[0, :, 3] < self.standstill_speed) & (speed < self.standstill_speed).all(-1)
+        brake = torch.zeros_like(actions)
+        k = self.replan_steps  # stop gently (a jerk-free 0.5 m/s^2 or so) by the next replan
+        brake[:, :k, 0] = -batch.state_world[0, :, 3, None].clamp(min=0) / (k * self.model.config.dt)
+        actions = torch.where(hold[:, None, None], brake, actions)
         rows = batch.agent_index[0]
         keep = rows >= 0
         plan = np.zeros((s.num_agents, self.model.config.future_steps, 2), np.float32)
-        plan[rows[keep].cpu().numpy()] = actions[0][keep].cpu().numpy()
+        plan[rows[keep].cpu().numpy()] = actions[keep].cpu().numpy()
         self._plan, self._plan_step = plan, state.step
 
     def act(self, state: SimState) -> Action:
