@@ -184,3 +184,15 @@ def test_finetune_logs_checkpoints_and_resumes(tmp_path, model):
     assert [int(r["iteration"]) for r in rows] == [0, 1, 2]
     assert all(np.isfinite(float(r[k])) for r in rows for k in ("reward_mean", "kl", "clip_fraction"))
     load_model(path)  # a plain BLM checkpoint: the closed-loop policy can load it
+
+
+def test_ego_replays_log_puts_the_logged_ego_in_the_reward_context(model, bank):
+    from blm_gym.rl import decoded_reward_context
+
+    b, sc, t0 = bank.batches[0], bank.scenes[0], bank.steps[0]
+    stay = np.broadcast_to(b.state_world[0, :4].numpy()[:, None, :], (4, 8, 4)).astype(np.float64)
+    ctx = decoded_reward_context(bank, 0, stay, ego_replays_log=True)
+    n = min(9, sc.num_steps - t0)
+    np.testing.assert_allclose(ctx.x[ctx.ego_index, :n], sc.traj.x[sc.ego_index, t0:t0 + n], atol=1e-5)
+    plain = decoded_reward_context(bank, 0, stay)
+    assert np.ptp(plain.x[plain.ego_index]) == 0.0 < np.ptp(ctx.x[ctx.ego_index])  # the plan stayed, the log moves

@@ -30,6 +30,13 @@ from blm_gym.sim.state import Action, SimState
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parents[1] / "assets" / "blm_nuscenes.pt"
 
 
+def standstill(speed_now: torch.Tensor, planned_speed: torch.Tensor, threshold: float, hold_steps: int) -> torch.Tensor:
+    """Bool ``(..., N)``: agents slower than ``threshold`` [m/s] now whose planned speed ``(..., N, F)``
+    stays below it for the next ``hold_steps`` steps; the policy holds them still (brake hold)
+    instead of letting sampling noise make parked cars creep. ``threshold`` 0 disables it."""
+    return (speed_now < threshold) & (planned_speed[..., :hold_steps] < threshold).all(-1)
+
+
 class LatentDiffusionPolicy:
     """:class:`~blm_gym.policies.base.Policy` driven by a :class:`BLMModel`.
 
@@ -103,8 +110,8 @@ class LatentDiffusionPolicy:
                                  future_steps=self.model.config.future_steps).to(self.device)
         latents = self.model.sample(batch, 1, self.num_steps, self.eta, self._gen)[:, 0]
         actions, states = self.model.decode(latents, batch)
-        actions, speed = actions[0], states[0, :, : self.hold_steps, 3]
-        hold = (batch.state_world[0, :, 3] < self.standstill_speed) & (speed < self.standstill_speed).all(-1)
+        actions = actions[0]
+        hold = standstill(batch.state_world[0, :, 3], states[0, ..., 3], self.standstill_speed, self.hold_steps)
         brake = torch.zeros_like(actions)
         k = self.replan_steps  # stop gently (a jerk-free 0.5 m/s^2 or so) by the next replan
         brake[:, :k, 0] = -batch.state_world[0, :, 3, None].clamp(min=0) / (k * self.model.config.dt)

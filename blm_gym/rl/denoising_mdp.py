@@ -29,6 +29,7 @@ from blm_gym.data.scene import AgentType, Scene
 from blm_gym.models.batch import AgentBatch, collate, make_agent_batch
 from blm_gym.models.blm import BLMModel
 from blm_gym.models.denoiser import SceneContext
+from blm_gym.policies.latent_diffusion import standstill
 from blm_gym.rewards.terms import RewardContext, RewardTerm
 
 
@@ -78,13 +79,16 @@ class SceneBank:
         return torch.cat([self.batches[int(i)].agent_mask for i in index])
 
 
-def decoded_reward_context(bank: SceneBank, scene: int, world_states: np.ndarray) -> RewardContext:
+def decoded_reward_context(bank: SceneBank, scene: int, world_states: np.ndarray,
+                           ego_replays_log: bool = False) -> RewardContext:
     """Reward context of decoded plans ``(..., N, F, 4)`` (x, y, heading, speed) of scene ``scene``.
 
     All planned (real, not padded) agents are in the context and the vehicles among them are
     scored (the closed-loop policy drives vehicles); their current state is prepended, so
     ``T = F + 1``, step-difference terms (progress, comfort) see the plan's start and
-    ``offroad(from_road=1)`` knows who starts on the road.
+    ``offroad(from_road=1)`` knows who starts on the road. ``ego_replays_log``: the ego follows
+    its logged track instead of its decoded plan (for objectives about the traffic around an AV
+    under test, such as ``safety_critical``).
     """
     b = bank.batches[scene]
     rows = (b.agent_mask[0] & (b.agent_index[0] >= 0)).cpu().numpy()
@@ -93,6 +97,14 @@ def decoded_reward_context(bank: SceneBank, scene: int, world_states: np.ndarray
     states = np.concatenate([now, world_states[..., rows, :, :]], axis=-2)
     idx = b.agent_index[0].cpu().numpy()[rows]
     sc = bank.scenes[scene]
+    if ego_replays_log and sc.ego_index in idx:  # the AV under test is not the traffic model's to move
+        t0, t = bank.steps[scene], states.shape[-2]
+        log = sc.traj
+        end = min(t0 + t, log.num_steps)
+        logged = np.stack([a[sc.ego_index, t0:end] for a in (log.x, log.y, log.heading, log.speed)], -1)
+        logged = np.concatenate([logged, np.repeat(logged[-1:], t - len(logged), axis=0)])  # hold past the log end
+        states = states.copy()
+        states[..., int(np.flatnonzero(idx == sc.ego_index)[0]), :, :] = logged
     return RewardContext.from_scene(sc, *np.moveaxis(states, -1, 0), valid=np.ones(states.shape[:-1], bool),
                                     controlled=sc.agent_type[idx] == AgentType.VEHICLE, agent_index=idx)
 
@@ -101,7 +113,8 @@ class DenoisingMDP(gym.Env):
     """One episode = the last ``finetune_steps`` DDIM steps of one plan; see the module docstring.
 
     ``model`` runs the frozen prefix steps and decodes the final latents (no gradient);
-    ``reward`` scores the decoded plan; ``eta`` is the DDIM stochasticity of the prefix steps.
+    ``reward`` scores the decoded plan as the closed-loop policy would execute it (agents under
+    its standstill hold stay at their current pose; ``standstill_speed=0`` scores the raw plan); ``eta`` is the DDIM stochasticity of the prefix steps.
     ``seed`` seeds the env's noise once (resets without a seed continue the stream; a seeded
     reset also restarts the scene cycle at ``first_episode``, which offsets it for resumed runs).
     """
@@ -109,11 +122,16 @@ class DenoisingMDP(gym.Env):
     metadata = {"render_modes": []}
 
     def __init__(self, model: BLMModel, bank: SceneBank, reward: RewardTerm, *, num_steps: int = 10,
-                 finetune_steps: int = 2, eta: float = 1.0, seed: int | None = None, first_episode: int = 0):
+                 finetune_steps: int = 2, eta: float = 1.0, seed: int | None = None, first_episode: int = 0,
+                 standstill_speed: float = 0.5, standstill_hold_s: float = 2.0, ego_replays_log: bool = False):
         if not 1 <= finetune_steps <= num_steps:
             raise ValueError(f"DenoisingMDP: finetune_steps must be in [1, num_steps={num_steps}], got {finetune_steps}")
         self.model, self.bank, self.reward = model, bank, reward
         self.num_steps, self.finetune_steps, self.eta = num_steps, finetune_steps, float(eta)
+        # the closed-loop policy's standstill hold (LatentDiffusionPolicy), applied to scored plans
+        self.standstill_speed = standstill_speed
+        self.ego_replays_log = ego_replays_log
+        self.hold_steps = max(int(round(standstill_hold_s / model.config.dt)), 1)
         self.timesteps = model.timesteps(num_steps)
         c = model.config
         shape = (bank.batches[0].num_agents, c.latent_steps, c.latent_dim)
@@ -165,9 +183,15 @@ class DenoisingMDP(gym.Env):
         self._i += 1
         if self._i < self.num_steps:
             return self._obs(), 0.0, False, False, {}
+        batch = self.bank.batches[self._scene]
         with torch.no_grad():
-            _, world = self.model.decode(self._x, self.bank.batches[self._scene])
-        ctx = decoded_reward_context(self.bank, self._scene, world[0].cpu().numpy().astype(np.float64))
+            _, world = self.model.decode(self._x, batch)
+            if self.standstill_speed > 0:  # score what the closed-loop policy executes: held agents stay put
+                now = batch.state_world[:, :, None, :] * torch.tensor([1.0, 1.0, 1.0, 0.0])
+                hold = standstill(batch.state_world[..., 3], world[..., 3], self.standstill_speed, self.hold_steps)
+                world = torch.where(hold[..., None, None], now.expand_as(world), world)
+        ctx = decoded_reward_context(self.bank, self._scene, world[0].cpu().numpy().astype(np.float64),
+                                     self.ego_replays_log)
         reward = float(self.reward(ctx))
         values = getattr(self.reward, "values", None)
         info = {"reward_terms": {k: float(v) for k, v in values(ctx).items()}} if values else {}

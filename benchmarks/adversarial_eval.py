@@ -1,0 +1,65 @@
+"""Safety-critical control: does a fine-tuned BLM adversary make the ego's scenes more critical?
+
+The ego replays its log (a non-reactive AV under test); every other vehicle is driven by a BLM
+model, 10 s closed loop on the nuScenes-mini val scenes, K samples. Reported per model (JSON):
+
+* ``ego_min_ttc_s``: per sample, the ego's minimum constant-velocity time to collision with any
+  vehicle (3 discs per box, 5 s horizon, pairs already touching excluded), mean over samples;
+* ``ego_collision_rate``: samples in which the ego's box overlaps another agent's at some step;
+* ``adversary_collision_rate``: samples in which the adversary (the non-ego vehicle nearest the
+  ego at the start, as in the ``safety_critical`` reward term) overlaps any agent.
+
+Usage: ``python benchmarks/adversarial_eval.py --checkpoint pretrained=PATH --checkpoint adversarial=PATH``
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+
+import numpy as np
+
+from blm_gym.data.scenarionet import ScenarioNetSource
+from blm_gym.data.source import shared_data_dir
+from blm_gym.metrics.safety import collision_steps, min_ttc_per_sample
+from blm_gym.policies.latent_diffusion import LatentDiffusionPolicy
+from blm_gym.rollout.runner import run_rollouts
+
+VAL = ["scene-0103", "scene-0916"]
+
+
+def ego_criticality(rollouts) -> dict:
+    ttc, ego_hit, adv_hit = [], [], []
+    for r in rollouts:
+        ego = r.ego_index
+        ego_only = np.zeros(r.num_agents, bool)
+        ego_only[ego] = True
+        ttc.append(min_ttc_per_sample(dataclasses.replace(r, controlled=ego_only)))
+        hits = collision_steps(r)  # (K, N, T-1)
+        d0 = np.hypot(r.x[0, :, 0] - r.x[0, ego, 0], r.y[0, :, 0] - r.y[0, ego, 0])
+        candidates = r.is_vehicle & r.valid[0, :, 0] & (np.arange(r.num_agents) != ego)
+        adversary = int(np.argmin(np.where(candidates, d0, np.inf)))
+        ego_hit.append(hits[:, ego].any(-1))
+        adv_hit.append(hits[:, adversary].any(-1))
+    ttc = np.concatenate(ttc)
+    return {"ego_min_ttc_s": float(np.nanmean(ttc)), "ego_collision_rate": float(np.mean(np.concatenate(ego_hit))),
+            "adversary_collision_rate": float(np.mean(np.concatenate(adv_hit))), "samples": int(len(ttc))}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--checkpoint", action="append", required=True, help="NAME=PATH (repeat)")
+    p.add_argument("--samples", type=int, default=8)
+    p.add_argument("--horizon", type=float, default=10.0)
+    args = p.parse_args()
+    source = ScenarioNetSource(shared_data_dir() / "nuscenes-mini", scene_ids=VAL)
+    out = {}
+    for name, path in (c.split("=", 1) for c in args.checkpoint):
+        rollouts = run_rollouts(source, lambda: LatentDiffusionPolicy.from_checkpoint(path), scene_ids=VAL,
+                                samples=args.samples, horizon_s=args.horizon, controlled="non_ego", progress=False)
+        out[name] = ego_criticality(rollouts)
+    print(json.dumps(out, indent=1))
+
+
+if __name__ == "__main__":
+    main()
