@@ -6,8 +6,9 @@ model, 10 s closed loop on the nuScenes-mini val scenes, K samples. Reported per
 * ``ego_min_ttc_s``: per sample, the ego's minimum constant-velocity time to collision with any
   vehicle (3 discs per box, 5 s horizon, pairs already touching excluded), mean over samples;
 * ``ego_collision_rate``: samples in which the ego's box overlaps another agent's at some step;
-* ``adversary_collision_rate``: samples in which the adversary (the non-ego vehicle nearest the
-  ego at the start, as in the ``safety_critical`` reward term) overlaps any agent.
+* ``ego_adversary_min_distance_m``: per sample, the smallest ego-adversary centre distance, mean;
+* ``adversary_collision_rate``: samples in which the adversary (the moving non-ego vehicle nearest
+  the ego at the start, as in the ``safety_critical`` reward term) overlaps any agent.
 
 Usage: ``python benchmarks/adversarial_eval.py --checkpoint pretrained=PATH --checkpoint adversarial=PATH``
 """
@@ -23,13 +24,14 @@ from blm_gym.data.scenarionet import ScenarioNetSource
 from blm_gym.data.source import shared_data_dir
 from blm_gym.metrics.safety import collision_steps, min_ttc_per_sample
 from blm_gym.policies.latent_diffusion import LatentDiffusionPolicy
+from blm_gym.rewards.terms import ADVERSARY_MIN_SPEED
 from blm_gym.rollout.runner import run_rollouts
 
 VAL = ["scene-0103", "scene-0916"]
 
 
 def ego_criticality(rollouts) -> dict:
-    ttc, ego_hit, adv_hit = [], [], []
+    ttc, ego_hit, adv_hit, gap = [], [], [], []
     for r in rollouts:
         ego = r.ego_index
         ego_only = np.zeros(r.num_agents, bool)
@@ -38,11 +40,16 @@ def ego_criticality(rollouts) -> dict:
         hits = collision_steps(r)  # (K, N, T-1)
         d0 = np.hypot(r.x[0, :, 0] - r.x[0, ego, 0], r.y[0, :, 0] - r.y[0, ego, 0])
         candidates = r.is_vehicle & r.valid[0, :, 0] & (np.arange(r.num_agents) != ego)
-        adversary = int(np.argmin(np.where(candidates, d0, np.inf)))
+        moving = candidates & (r.speed[0, :, 0] > ADVERSARY_MIN_SPEED)
+        adversary = int(np.argmin(np.where(moving if moving.any() else candidates, d0, np.inf)))
+        both = r.valid[:, ego] & r.valid[:, adversary]
+        gap.append(np.where(both, np.hypot(r.x[:, adversary] - r.x[:, ego], r.y[:, adversary] - r.y[:, ego]),
+                            np.inf).min(-1))
         ego_hit.append(hits[:, ego].any(-1))
         adv_hit.append(hits[:, adversary].any(-1))
     ttc = np.concatenate(ttc)
-    return {"ego_min_ttc_s": float(np.nanmean(ttc)), "ego_collision_rate": float(np.mean(np.concatenate(ego_hit))),
+    return {"ego_min_ttc_s": float(np.nanmean(ttc)),
+            "ego_adversary_min_distance_m": float(np.mean(np.concatenate(gap))), "ego_collision_rate": float(np.mean(np.concatenate(ego_hit))),
             "adversary_collision_rate": float(np.mean(np.concatenate(adv_hit))), "samples": int(len(ttc))}
 
 

@@ -239,6 +239,9 @@ def rss_violations(ctx: RewardContext, lateral_weight: float = 1.0) -> np.ndarra
     return 0.0 - _masked_mean(_agent_first(lon), scored) - lateral_weight * _masked_mean(_agent_first(lat), scored)
 
 
+ADVERSARY_MIN_SPEED = 1.0  # m/s
+
+
 def safety_critical(ctx: RewardContext, adversary: int | None = None, distance_scale: float = 5.0,
                     ttc_scale: float = 2.0, collision_penalty: float = 2.0) -> np.ndarray:
     """Reward for an adversary that brings the ego close to a collision without colliding itself.
@@ -247,7 +250,8 @@ def safety_critical(ctx: RewardContext, adversary: int | None = None, distance_s
     ``d_min`` [m] the closest ego-adversary centre distance over the steps, ``ttc_min`` [s] their
     smallest time to collision (3 discs per box; ``inf`` beyond 5 s, scoring 0), ``collided`` whether the
     adversary's box overlaps any other agent's at any step. The adversary is agent ``adversary``
-    or, by default, per sample the valid non-ego vehicle nearest the ego at the first step.
+    or, by default, per sample the valid non-ego vehicle nearest the ego at the first step among
+    those moving faster than ``ADVERSARY_MIN_SPEED`` (any vehicle if none moves).
     """
     ego = ctx.ego_index
     n = ctx.x.shape[-2]
@@ -256,6 +260,9 @@ def safety_critical(ctx: RewardContext, adversary: int | None = None, distance_s
         ok = ctx.valid[..., 0] & (ctx.agent_type == AgentType.VEHICLE) & (np.arange(n) != ego)
         if not ok.any(-1).all():
             raise ValueError("safety_critical: no valid non-ego vehicle at the first step; pass adversary=...")
+        # prefer a moving vehicle: a parked car next to the ego cannot make its scene critical
+        moving = ok & (ctx.speed[..., 0] > ADVERSARY_MIN_SPEED)
+        ok = np.where(moving.any(-1, keepdims=True), moving, ok)
         adv = np.argmin(np.where(ok, d0, np.inf), axis=-1)  # (...)
     else:
         if adversary != int(adversary) or not 0 <= adversary < n or adversary == ego:
