@@ -17,7 +17,9 @@ def _check(env):
 
 @pytest.mark.realdata
 def test_check_env_nuscenes_scenarionet(nuscenes_dir):
-    _check(gym.make("BLM-nuScenes-v0", data_dir=nuscenes_dir, scene_ids=["scene-0103"]))
+    env = gym.make("BLM-nuScenes-v0", data_dir=nuscenes_dir, scene_ids=["scene-0103"])
+    assert env.unwrapped.background.name == "blm"  # the pretrained model drives the traffic by default
+    _check(env)
 
 
 @pytest.mark.realdata
@@ -50,7 +52,7 @@ def test_reset_is_deterministic_and_options_pick_scenes(env):
 
 @pytest.mark.realdata
 def test_log_replay_ego_follows_log_and_truncates(nuscenes_dir):
-    env = gym.make("BLM-nuScenes-v0", data_dir=nuscenes_dir, scene_ids=["scene-0103"], horizon_s=2.0,
+    env = gym.make("BLM-nuScenes-v0", data_dir=nuscenes_dir, scene_ids=["scene-0103"], horizon_s=2.0, background="log",
                    terminate_on_collision=False)
     env.reset(seed=0)
     base = env.unwrapped
@@ -81,7 +83,7 @@ def test_bad_actions_raise(env):
 
 @pytest.mark.realdata
 def test_joint_control_mode_drives_all_slots(nuscenes_dir):
-    env = gym.make("BLM-nuScenes-v0", data_dir=nuscenes_dir, scene_ids=["scene-0103"], control="all",
+    env = gym.make("BLM-nuScenes-v0", data_dir=nuscenes_dir, scene_ids=["scene-0103"], control="all", background="log",
                    max_agents=16, terminate_on_collision=False)
     obs, info = env.reset(seed=0)
     assert env.action_space.shape == (16, 2) and obs["agents"].shape == (16, 8)
@@ -100,7 +102,8 @@ def test_joint_control_mode_drives_all_slots(nuscenes_dir):
 @pytest.mark.realdata
 def test_collision_terminates_episode(nuscenes_dir):
     # scene-0103's ego, left at constant velocity, runs into the car ahead within a few seconds
-    env = gym.make("BLM-nuScenes-v0", data_dir=nuscenes_dir, scene_ids=["scene-0103"], horizon_s=10.0)
+    env = gym.make("BLM-nuScenes-v0", data_dir=nuscenes_dir, scene_ids=["scene-0103"], horizon_s=10.0,
+                   background="log")
     env.reset(seed=0)
     for _ in range(100):
         _, _, term, trunc, info = env.step(np.zeros(2, np.float32))
@@ -148,7 +151,7 @@ def test_check_env_nuscenes_raw_via_trajdata(tmp_path):
     from nuscenes_fixture import write_nuscenes_fixture
 
     root = write_nuscenes_fixture(tmp_path / "nuscenes")
-    env = gym.make("BLM-nuScenes-v0", data_dir=root, cache_dir=tmp_path / "cache", horizon_s=3.0)
+    env = gym.make("BLM-nuScenes-v0", data_dir=root, cache_dir=tmp_path / "cache", horizon_s=3.0, background="log")
     _check(env)
     obs, info = env.reset(options={"scene_id": "scene-0061"})
     assert info["scene_id"] == "scene-0061" and obs["lanes_mask"].any()

@@ -5,6 +5,9 @@
 ``BLM-ScenarioNet-v0`` any ScenarioNet/MetaDrive folder (Waymo, nuPlan, ... conversions).
 ``BLM-Synthetic-v0``  scenes recorded from highway-env traffic; works out of the box.
 
+Background agents default to the pretrained BLM model on ``BLM-nuScenes-v0`` and to log replay
+elsewhere.
+
 Every id takes ``data_dir=`` (else ``$BLM_GYM_DATA``), ``background=`` (policy name or instance),
 ``render_mode=``, ``render_config=`` and any :class:`EnvConfig` field as a keyword
 (``horizon_s=5.0``, ``control="all"``, ...).
@@ -35,8 +38,11 @@ def make_scenarionet_env(data_dir=None, *, scene_ids=None, config: EnvConfig | N
 
 
 def make_nuscenes_env(data_dir=None, *, scene_ids=None, cache_dir=None, config: EnvConfig | None = None,
-                      **kwargs) -> SceneEnv:
-    """``cache_dir``: trajdata's cache for a raw nuScenes root (default ``~/.cache/blm_gym/trajdata``)."""
+                      background="blm", **kwargs) -> SceneEnv:
+    """Background traffic: the pretrained BLM model shipped with the package, unless ``background=``
+    says otherwise. ``cache_dir``: trajdata's cache for a raw nuScenes root (default
+    ``~/.cache/blm_gym/trajdata``)."""
+    kwargs["background"] = background
     from blm_gym.data.scenarionet import ScenarioNetSource, detect_scenarionet
 
     root = resolve_data_dir(data_dir, "BLM-nuScenes-v0")
