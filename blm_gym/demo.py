@@ -32,18 +32,23 @@ class DemoConfig:
     out: str = "runs/demo"
     synthetic_scenes: int = 8  # highway/merge/roundabout/intersection x 2 seeds
     eval_scenes: tuple[str, ...] = ("roundabout-001", "intersection-001")  # held out (synthetic ids)
-    vae_steps: int = 400
-    diffusion_steps: int = 400
+    vae_steps: int = 1000
+    diffusion_steps: int = 1000
     finetune_steps: int = 30  # PPO iterations
     reward: str = "collision=1,offroad=1"  # the stage-3 objective
-    samples: int = 4  # closed-loop samples per evaluation scene
+    samples: int = 8  # closed-loop samples per evaluation scene
     horizon_s: float = 10.0
     seed: int = 0
     num_threads: int = 2
 
 
+ENV_IDS = {"synthetic": "BLM-Synthetic-v0", "nuscenes": "BLM-nuScenes-v0", "scenarionet": "BLM-ScenarioNet-v0"}
+
+
 def _scenes(cfg: DemoConfig):
     """(source, train scenes, eval scene ids)."""
+    if cfg.data not in ENV_IDS:
+        raise ValueError(f"demo: data must be one of {sorted(ENV_IDS)}, got {cfg.data!r}")
     if cfg.data == "synthetic":
         from blm_gym.data.synthetic import SyntheticSource
 
@@ -53,8 +58,7 @@ def _scenes(cfg: DemoConfig):
         from blm_gym.envs import scene_source
         from blm_gym.train.common import NUSCENES_MINI_VAL
 
-        env_id = "BLM-nuScenes-v0" if cfg.data == "nuscenes" else "BLM-ScenarioNet-v0"
-        source = scene_source(env_id, cfg.data_dir)
+        source = scene_source(ENV_IDS[cfg.data], cfg.data_dir)
         eval_ids = [s for s in (*cfg.eval_scenes, *NUSCENES_MINI_VAL) if s in source.scene_ids]
         eval_ids = eval_ids or list(source.scene_ids[-2:])
     train = [source.load(i) for i, sid in enumerate(source.scene_ids) if sid not in eval_ids]
@@ -145,8 +149,8 @@ def evaluate(source, eval_ids: list[str], checkpoints: dict[str, Path], cfg: Dem
         summary["log"] = report["overall"]["log"]
         summary["definitions"] = report["definitions"]
         all_rollouts += rollouts
-    write_rollouts(out / "rollout.h5", all_rollouts, {"demo": config_to_dict(cfg), "env": "BLM-Synthetic-v0"
-                                                      if cfg.data == "synthetic" else cfg.data})
+    write_rollouts(out / "rollout.h5", all_rollouts,
+                   {"demo": config_to_dict(cfg), "env": ENV_IDS[cfg.data], "data_dir": cfg.data_dir})
     finetuned = [r for r in all_rollouts if r.policy == "blm-finetuned"]
     frames = rollout_frames(finetuned[0], 0, scenes[finetuned[0].scene_id], RenderConfig(width=480, height=480))
     write_video(frames, out / "rollout.mp4", fps=10)
