@@ -10,8 +10,9 @@ try:
 except PackageNotFoundError:  # running from a source tree that was not installed
     __version__ = "0.0.0+local"
 
+from blm_gym import rewards  # noqa: E402  (blm_gym.rewards.CollisionPenalty(env) after `import blm_gym`)
 from blm_gym.envs import ENV_IDS, register_envs  # noqa: E402
 
 register_envs()
 
-__all__ = ["__version__", "ENV_IDS"]
+__all__ = ["__version__", "ENV_IDS", "rewards"]

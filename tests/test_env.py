@@ -155,3 +155,12 @@ def test_check_env_nuscenes_raw_via_trajdata(tmp_path):
     _check(env)
     obs, info = env.reset(options={"scene_id": "scene-0061"})
     assert info["scene_id"] == "scene-0061" and obs["lanes_mask"].any()
+
+
+@pytest.mark.realdata
+def test_readme_usage_runs(nuscenes_dir):
+    env = gym.make("BLM-nuScenes-v0", data_dir=nuscenes_dir, background="idm")
+    env = blm_gym.rewards.CollisionPenalty(env, weight=1.0)  # reachable right after `import blm_gym`
+    env.reset(seed=0, options={"scene_id": "scene-0103"})
+    _, reward, _, _, info = env.step(np.array([0.5, 0.0], np.float32))
+    assert reward == -float(info["collision"]) and "collision" in info["reward_terms"]
