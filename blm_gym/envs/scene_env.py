@@ -149,7 +149,7 @@ class SceneEnv(gym.Env):
         self.controlled = np.zeros(scene.num_agents, bool)
         self.controlled[self._slots[self._slots >= 0]] = True
         self.background.reset(scene, start, ~self.controlled, self.np_random)
-        self._history = [self.sim_state]
+        self._prev_state = self.sim_state  # for the ego's yaw rate in the observation
         events = self._events()
         return self._observe(), self._info(events)
 
@@ -182,8 +182,8 @@ class SceneEnv(gym.Env):
         accel_yaw, replay = bg.accel_yaw.copy(), bg.replay_log & ~self.controlled
         used = self._slots >= 0
         accel_yaw[self._slots[used]] = rows[used]
+        self._prev_state = self.sim_state
         self.sim_state = step(self.sim_state, Action(accel_yaw, replay), self.scene.traj, self.scene.dt)
-        self._history.append(self.sim_state)
         events = self._events()
         ego_failed = (events["collision"] and self.config.terminate_on_collision) or (
             events["offroad"] and self.config.terminate_on_offroad)
@@ -224,7 +224,7 @@ class SceneEnv(gym.Env):
         neighbors[: len(near)] = self._agent_features(near)
         mask = np.zeros(c.num_neighbors, np.int8)
         mask[: len(near)] = 1
-        prev = self._history[-2] if len(self._history) > 1 else s
+        prev = self._prev_state
         yaw_rate = wrap_angle(s.heading[e] - prev.heading[e]) / self.scene.dt
         obs = {
             "ego": np.array([s.speed[e], yaw_rate, s.length[e], s.width[e]], np.float32),
