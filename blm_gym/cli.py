@@ -37,6 +37,7 @@ def cmd_rollout(args) -> int:
 
 def cmd_metrics(args) -> int:
     from blm_gym.envs import scene_source
+    from blm_gym.rollout.runner import load_scene
     from blm_gym.metrics.report import compute_report, format_table, write_report
     from blm_gym.rollout.h5 import read_rollouts
 
@@ -44,7 +45,7 @@ def cmd_metrics(args) -> int:
     cfg = meta.get("config", {})
     source = scene_source(cfg.get("env", "BLM-Synthetic-v0"), args.data_dir or cfg.get("data_dir"),
                            [r.scene_id for r in rollouts])
-    drivable = {sid: source.load(i).road.drivable for i, sid in enumerate(source.scene_ids)}
+    drivable = {sid: load_scene(source, sid).road.drivable for sid in {r.scene_id for r in rollouts}}
     report = compute_report(rollouts, drivable)
     out = write_report(report, args.out)
     print(format_table(report))

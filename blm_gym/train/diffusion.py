@@ -13,7 +13,7 @@ import torch
 from blm_gym.data.scene import Scene
 from blm_gym.models.batch import to_world_frame
 from blm_gym.models.blm import BLMModel
-from blm_gym.models.checkpoint import load_checkpoint, load_model
+from blm_gym.models.checkpoint import load_model
 from blm_gym.train.common import NUSCENES_MINI_VAL, load_scenes, train_loop, windows
 
 
@@ -68,7 +68,7 @@ def train_diffusion(cfg: DiffusionTrainConfig, resume: bool = False,
         torch.set_num_threads(cfg.num_threads)
     torch.manual_seed(cfg.seed)
     model = load_model(cfg.vae_checkpoint, cfg.device)
-    if load_checkpoint(cfg.vae_checkpoint)["model"]["latent_scale"].eq(1).all():
+    if model.latent_scale.eq(1).all():
         raise ValueError(f"{cfg.vae_checkpoint} has no latent scale: finish stage 1 (`blm-gym train vae`) first")
     model.vae.requires_grad_(False)
     train_scenes, val_scenes = scenes or load_scenes(cfg.data, cfg.data_dir, cfg.extra_data_dirs, cfg.val_scenes,
