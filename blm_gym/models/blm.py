@@ -27,6 +27,7 @@ state (scene frame, then mapped to the world), state ``k`` being the state after
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from torch import nn
@@ -37,6 +38,8 @@ from blm_gym.models.denoiser import SceneContext, SceneDenoiser
 from blm_gym.models.schedule import DiffusionSchedule, ddim_timesteps
 from blm_gym.models.vae import ActionVAE
 from blm_gym.sim.kinematics import unicycle_rollout
+
+Guide = Callable[[torch.Tensor, int], torch.Tensor]  # (x0_hat (B, N, T', d), DDIM step index) -> x0_hat
 
 
 @dataclass(frozen=True)
@@ -122,12 +125,17 @@ class BLMModel(nn.Module):
         return ddim_timesteps(num_steps or self.config.sample_steps, self.config.train_steps)
 
     def denoise_mean_std(self, x_t: torch.Tensor, i: int, ctx: SceneContext, timesteps: torch.Tensor,
-                         eta: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
-        """Mean and std ``(B, N, T', d)`` of ``x_{t_{i+1}}`` given ``x_{t_i}`` (DDIM step ``i``)."""
+                         eta: float = 0.0, guide: Guide | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and std ``(B, N, T', d)`` of ``x_{t_{i+1}}`` given ``x_{t_i}`` (DDIM step ``i``).
+
+        ``guide(x0_hat, i) -> x0_hat`` may move the denoiser's clean estimate before the DDIM
+        update uses it (sampling-time guidance, :func:`blm_gym.models.guidance.make_guide`)."""
         t = int(timesteps[i])
         t_prev = int(timesteps[i + 1]) if i + 1 < len(timesteps) else -1
         tt = torch.full((x_t.shape[0],), t, dtype=torch.long, device=x_t.device)
         x0_hat = self.denoiser(x_t, tt, ctx)
+        if guide is not None:
+            x0_hat = guide(x0_hat, i)
         return self.schedule.ddim_mean_std(x_t, x0_hat, t, t_prev, eta)
 
     def diffusion_loss(self, batch: AgentBatch, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -147,8 +155,11 @@ class BLMModel(nn.Module):
         return ((x0_hat - x0).pow(2).mean((-1, -2)) * m).sum() / m.sum().clamp(min=1)
 
     def sample(self, batch: AgentBatch, num_samples: int = 1, num_steps: int | None = None, eta: float = 0.0,
-               generator: torch.Generator | None = None, ctx: SceneContext | None = None) -> torch.Tensor:
-        """Joint latent plans ``(B, K, N, T', d)`` (normalised) for every scene of ``batch``."""
+               generator: torch.Generator | None = None, ctx: SceneContext | None = None,
+               guide: Guide | None = None) -> torch.Tensor:
+        """Joint latent plans ``(B, K, N, T', d)`` (normalised) for every scene of ``batch``.
+
+        ``guide``: see :meth:`denoise_mean_std`; it sees the ``B * K`` rows scene-major."""
         ctx = (ctx if ctx is not None else self.encode_context(batch)).repeat_interleave(num_samples)
         c = self.config
         b = batch.batch_size
@@ -157,14 +168,15 @@ class BLMModel(nn.Module):
                         device=dev)
         ts = self.timesteps(num_steps)
         for i in range(len(ts)):
-            mean, std = self.denoise_mean_std(x, i, ctx, ts, eta)
+            mean, std = self.denoise_mean_std(x, i, ctx, ts, eta, guide)
             x = mean + std * torch.randn(x.shape, generator=generator, device=dev) if eta > 0 else mean
         return x.reshape(b, num_samples, *x.shape[1:])
 
-    def decode(self, latents: torch.Tensor, batch: AgentBatch,
-               ctx: SceneContext | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def decode(self, latents: torch.Tensor, batch: AgentBatch, ctx: SceneContext | None = None,
+               horizon: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Normalised latents ``(B, [K,] N, T', d)`` -> actions ``(B, [K,] N, F, 2)`` and world states
-        ``(B, [K,] N, F, 4)`` (x, y, heading, speed after each action)."""
+        ``(B, [K,] N, F, 4)`` (x, y, heading, speed after each action); ``horizon``: integrate only
+        the first that many actions (states ``(..., horizon, 4)``; guidance looks no further)."""
         cond = ctx.vae_cond if ctx is not None else self.vae.context(batch)
         start, frame = batch.state_scene, batch.frame
         if latents.dim() == 5:  # (B, K, ...): broadcast the per-scene tensors over K
@@ -172,6 +184,6 @@ class BLMModel(nn.Module):
             k = latents.shape[1]
             cond = cond.expand(-1, k, -1, -1)
         actions = self.vae.decode_actions(latents * self.latent_scale, cond)
-        states = self.rollout(actions, start)
+        states = self.rollout(actions[..., :horizon, :], start)
         x, y, h = to_world_frame(states[..., 0], states[..., 1], states[..., 2], frame)
         return actions, torch.stack([x, y, h, states[..., 3]], -1)

@@ -1,0 +1,200 @@
+"""Sampling-time guidance: steer DDIM toward plans that keep clear of others and stay on the road.
+
+CTG-style reconstruction guidance (Zhong et al. 2023) in the latent space: at each guided DDIM
+step the denoiser's clean estimate ``x0_hat`` is decoded (VAE decoder + unicycle rollout, both
+differentiable), scored by two smooth costs, and moved down their gradient before the DDIM update
+uses it. The costs are the differentiable twins of the collision and off-road metrics:
+
+- **clearance**: every agent as 3 discs along its length that cover its box; for every pair with
+  a *movable* agent (a vehicle the policy executes) and every planned step,
+  ``relu(r_i + r_j + margin - distance)^2`` summed over disc pairs, in m^2. Agents that are not movable
+  (pedestrians, whose plans are predictions the simulator does not execute) are targets only:
+  their plans are detached, so a vehicle yields to a pedestrian rather than the other way round.
+- **off-road**: movable vehicles that start inside the drivable area pay
+  ``relu(signed distance to its boundary + margin)^2`` (m^2; positive outside) at every planned
+  step, read bilinearly from a distance field built once per scene (:class:`DistanceField`).
+
+Costs are per plan (summed over scored steps, agent pairs and vehicles). Guidance only moves the
+model's own samples a little (a few small gradient steps late in the chain), it puts no
+rule-based controller on top; with several candidate plans per replan the policy executes the
+cheapest (:class:`~blm_gym.policies.latent_diffusion.LatentDiffusionPolicy`).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+from scipy.ndimage import distance_transform_edt
+
+from blm_gym.data.scene import AgentType, DrivableArea
+from blm_gym.models.batch import AgentBatch
+
+
+@dataclass(frozen=True)
+class GuidanceConfig:
+    """How hard and where sampling is steered (``steps`` 0 disables guidance)."""
+
+    steps: int = 3  # guided DDIM steps: the last ``steps`` of the chain (coarse structure stays the model's)
+    iterations: int = 3  # gradient steps on x0_hat per guided DDIM step
+    step_size: float = 0.2  # gradient step on the normalised latents per unit cost (1 / m^2)
+    max_step: float = 1.0  # trust region: largest L2 move of one agent's normalised latent (T' x d) per step
+    clearance_weight: float = 1.0
+    offroad_weight: float = 1.0
+    clearance_margin_m: float = 0.2  # wanted gap between the (box-covering) discs beyond touching
+    offroad_margin_m: float = 0.5  # wanted distance of a vehicle's centre inside the road edge
+    horizon_steps: int = 30  # planned steps (0.1 s) the costs look at; replanning re-plans the rest
+    stride: int = 1  # score every ``stride``-th planned step (2 halves the pair work but lets contacts slip through)
+
+    def __post_init__(self):
+        for name in ("steps", "iterations", "horizon_steps", "stride"):
+            if getattr(self, name) < (0 if name == "steps" else 1):
+                raise ValueError(f"GuidanceConfig.{name} must be >= {0 if name == 'steps' else 1}, "
+                                 f"got {getattr(self, name)}")
+        for name in ("step_size", "max_step"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"GuidanceConfig.{name} must be > 0, got {getattr(self, name)}")
+
+
+@dataclass(frozen=True)
+class DistanceField:
+    """Signed distance (m) to the drivable area's boundary on its raster; positive outside.
+
+    ``values`` ``(H, W)`` tensor at the raster's cell centres (same layout as
+    :class:`~blm_gym.data.scene.DrivableArea.raster`), ``origin`` world (x, y) of the lower-left
+    corner, ``resolution`` m per cell. Points off the raster read the nearest edge cell.
+    """
+
+    values: torch.Tensor
+    origin: tuple[float, float]
+    resolution: float
+
+    @staticmethod
+    def from_drivable(drivable: DrivableArea, device: str | torch.device = "cpu") -> "DistanceField":
+        inside = drivable.raster
+        if inside.all() or not inside.any():  # no boundary: nothing to steer toward
+            values = np.full(inside.shape, -1e3 if inside.all() else 0.0, np.float32)
+        else:
+            # distance from each outside cell to the nearest inside cell and vice versa
+            values = (distance_transform_edt(~inside) - distance_transform_edt(inside)) * drivable.resolution
+        return DistanceField(torch.as_tensor(values, dtype=torch.float32, device=device), drivable.origin,
+                             drivable.resolution)
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Bilinear signed distance at world points ``x, y`` (any shape), differentiable in both."""
+        h, w = self.values.shape
+        u = ((x - self.origin[0]) / self.resolution - 0.5).clamp(0, w - 1)  # column coordinate
+        v = ((y - self.origin[1]) / self.resolution - 0.5).clamp(0, h - 1)  # row coordinate
+        j0 = u.detach().floor().long().clamp(0, max(w - 2, 0))
+        i0 = v.detach().floor().long().clamp(0, max(h - 2, 0))
+        j1, i1 = (j0 + 1).clamp(max=w - 1), (i0 + 1).clamp(max=h - 1)
+        fu, fv = u - j0, v - i0
+        f = self.values
+        top = f[i0, j0] * (1 - fu) + f[i0, j1] * fu
+        bottom = f[i1, j0] * (1 - fu) + f[i1, j1] * fu
+        return top * (1 - fv) + bottom * fv
+
+
+def _discs(states: torch.Tensor, extent: torch.Tensor):
+    """Disc centres ``(..., N, F, 3, 2)`` and radii ``(..., N, 1, 3)`` that cover each agent's box.
+
+    The box is cut into three ``length / 3 x width`` pieces along its heading, each covered by the
+    disc through its corners, so discs that keep clear guarantee boxes that do (at scored steps).
+    """
+    length, width = extent[..., 0], extent[..., 1]
+    radius = torch.hypot(length / 6, width / 2)
+    offsets = torch.tensor([-1.0, 0.0, 1.0], device=states.device) * (length / 3)[..., None]  # (..., N, 3)
+    c, s = torch.cos(states[..., 2]), torch.sin(states[..., 2])  # (..., N, F)
+    cx = states[..., 0, None] + c[..., None] * offsets[..., None, :]
+    cy = states[..., 1, None] + s[..., None] * offsets[..., None, :]
+    return torch.stack([cx, cy], -1), radius[..., None, None].expand(*radius.shape, 1, 3)
+
+
+def candidate_pairs(states: torch.Tensor, batch: AgentBatch, movable: torch.Tensor, slack_m: float = 3.0
+                    ) -> torch.Tensor:
+    """Pairs ``(P, 3)`` of (row, i, j), ``i`` movable, ``j`` any other agent, whose planned centres
+    ``states`` ``(B, N, F, 4)`` come within their half lengths + ``slack_m`` at some step: the only
+    pairs a few guidance steps can bring into contact. Each movable-movable pair appears once."""
+    with torch.no_grad():
+        xy = states[..., :2]
+        d = (xy[:, :, None] - xy[:, None]).norm(dim=-1).amin(-1)  # (B, N, N)
+        half = batch.extent.amax(-1) / 2
+        near = d < half[:, :, None] + half[:, None, :] + slack_m
+        n = movable.shape[-1]
+        idx = torch.arange(n, device=d.device)
+        both = movable[:, :, None] & movable[:, None, :]
+        keep = near & movable[:, :, None] & batch.agent_mask[:, None, :] & (idx[:, None] != idx[None, :])
+        keep &= ~both | (idx[:, None] < idx[None, :])
+        return keep.nonzero()
+
+
+def plan_costs(states: torch.Tensor, batch: AgentBatch, movable: torch.Tensor, field: DistanceField | None,
+               config: GuidanceConfig, pairs: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    """Clearance, off-road and weighted total cost ``(B,)`` (m^2, see the module docstring) of
+    world-frame plans.
+
+    ``states`` ``(B, N, F, 4)`` (x, y, heading, speed after each action) of ``B`` samples of
+    *one* scene (``field`` is its distance field; None: no off-road cost), ``batch`` those rows,
+    ``movable`` ``(B, N)`` bool: the agents whose plans may move; ``pairs`` from
+    :func:`candidate_pairs` (default: computed from ``states``).
+    """
+    states = states[..., :config.horizon_steps:config.stride, :]
+    movable = movable & batch.agent_mask
+    # non-movable plans are targets only: no gradient flows into them
+    states = torch.where(movable[..., None, None], states, states.detach())
+    is_vehicle = batch.agent_type == AgentType.VEHICLE
+    if pairs is None:
+        pairs = candidate_pairs(states, batch, movable)
+    centres, radius = _discs(states, batch.extent)  # (B, N, F, 3, 2), (B, N, 1, 3)
+    b, i, j = pairs.unbind(-1)
+    d = (centres[b, i][..., :, None, :] - centres[b, j][..., None, :, :]).norm(dim=-1)  # (P, F, 3, 3)
+    reach = radius[b, i][..., :, None] + radius[b, j][..., None, :] + config.clearance_margin_m
+    per_pair = (reach - d).clamp(min=0).pow(2).sum((-1, -2, -3))
+    clearance = torch.zeros(states.shape[0], device=states.device).index_add(0, b, per_pair)
+    if field is None:
+        offroad = torch.zeros_like(clearance)
+    else:
+        sd = field(states[..., 0], states[..., 1])  # (B, N, F)
+        start_on = field(batch.state_world[..., 0], batch.state_world[..., 1]) <= 0
+        scored = movable & is_vehicle & start_on
+        offroad = ((sd + config.offroad_margin_m).clamp(min=0).pow(2).sum(-1) * scored).sum(-1)
+    total = config.clearance_weight * clearance + config.offroad_weight * offroad
+    return {"clearance": clearance, "offroad": offroad, "total": total}
+
+
+def make_guide(decode: Callable[[torch.Tensor], torch.Tensor], batch: AgentBatch, movable: torch.Tensor,
+               field: DistanceField | None, config: GuidanceConfig, num_ddim_steps: int
+               ) -> Callable[[torch.Tensor, int], torch.Tensor] | None:
+    """The ``guide(x0_hat, i) -> x0_hat`` hook of :meth:`BLMModel.sample` (None when disabled).
+
+    ``decode`` maps normalised latents ``(B, N, T', d)`` to world states ``(B, N, F, 4)`` of the
+    scenes in ``batch`` (already repeated for K samples); ``movable`` ``(B, N)`` as in
+    :func:`plan_costs`. Guides the last ``config.steps`` of ``num_ddim_steps`` DDIM steps.
+    """
+    if config.steps == 0:
+        return None
+    first = num_ddim_steps - min(config.steps, num_ddim_steps)
+    movable = movable & batch.agent_mask
+
+    def guide(x0_hat: torch.Tensor, i: int) -> torch.Tensor:
+        if i < first:
+            return x0_hat
+        x = x0_hat.detach()
+        with torch.no_grad():
+            pairs = candidate_pairs(decode(x)[..., :config.horizon_steps:config.stride, :], batch, movable)
+        for _ in range(config.iterations):
+            with torch.enable_grad():
+                x.requires_grad_(True)
+                cost = plan_costs(decode(x), batch, movable, field, config, pairs)["total"].sum()
+                (grad,) = torch.autograd.grad(cost, x)
+            # quadratic costs of deep overlaps have steep gradients: clip each agent's move
+            delta = config.step_size * grad
+            norm = delta.flatten(-2).norm(dim=-1)[..., None, None]
+            x = (x - delta * (config.max_step / norm.clamp(min=config.max_step))).detach()
+        return x
+
+    return guide
+
+
+__all__ = ["DistanceField", "GuidanceConfig", "candidate_pairs", "make_guide", "plan_costs"]
