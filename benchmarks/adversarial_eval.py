@@ -23,7 +23,7 @@ import numpy as np
 from blm_gym.data.scenarionet import ScenarioNetSource
 from blm_gym.data.source import shared_data_dir
 from blm_gym.metrics.safety import collision_steps, min_ttc_per_sample
-from blm_gym.policies.latent_diffusion import LatentDiffusionPolicy
+from blm_gym.policies import make_policy
 from blm_gym.rewards.terms import ADVERSARY_MIN_SPEED
 from blm_gym.rollout.runner import run_rollouts
 
@@ -62,7 +62,8 @@ def main() -> None:
     source = ScenarioNetSource(shared_data_dir() / "nuscenes-mini", scene_ids=VAL)
     out = {}
     for name, path in (c.split("=", 1) for c in args.checkpoint):
-        rollouts = run_rollouts(source, lambda: LatentDiffusionPolicy.from_checkpoint(path), scene_ids=VAL,
+        # the bare model: sampling-time guidance would steer against the adversarial objective
+        rollouts = run_rollouts(source, lambda: make_policy("blm_unguided", checkpoint=path), scene_ids=VAL,
                                 samples=args.samples, horizon_s=args.horizon, controlled="non_ego", progress=False)
         out[name] = ego_criticality(rollouts)
     print(json.dumps(out, indent=1))

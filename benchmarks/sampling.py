@@ -7,7 +7,9 @@
   blocks over (x, y, heading, speed, accel, yaw rate) x 52 steps, per agent, ~3.5 M parameters)
   running 100 DDPM steps for the same 32 agents, timed once in the same run.
 - ``closed_loop_s``: 20 s of closed loop (200 steps of :func:`blm_gym.sim.state.step`) for 32
-  vehicles driven by :class:`LatentDiffusionPolicy`, replanning every 1 s.
+  vehicles driven by :class:`LatentDiffusionPolicy` as shipped (sampling-time guidance,
+  ``candidates`` joint plans per replan), replanning every 1 s; ``closed_loop_unguided_s``: the
+  same with the bare model (one plan, no guidance).
 
 Usage: ``python benchmarks/sampling.py [--threads 1]``. Timings on shared machines vary by up
 to 50 %: compare the ratio within one run.
@@ -15,6 +17,7 @@ to 50 %: compare the ratio within one run.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import statistics
 import time
@@ -26,6 +29,7 @@ from torch import nn
 
 from blm_gym.data.scene import AgentType, DrivableArea, RoadMap, Scene, Trajectories, pad_polylines
 from blm_gym.models import BLMModel, make_agent_batch
+from blm_gym.models.guidance import GuidanceConfig
 from blm_gym.models.schedule import cosine_alpha_bar
 from blm_gym.policies.latent_diffusion import DEFAULT_CHECKPOINT, LatentDiffusionPolicy
 from blm_gym.sim.state import SimState, step
@@ -124,8 +128,8 @@ def time_latent(model: BLMModel, scene: Scene, repeats: int = 20) -> float:
     return statistics.median(times)
 
 
-def time_closed_loop(model: BLMModel, scene: Scene, seconds: float = 20.0) -> float:
-    policy = LatentDiffusionPolicy(model, replan_every_s=1.0, max_agents=NUM_AGENTS)
+def time_closed_loop(model: BLMModel, scene: Scene, seconds: float = 20.0, **policy_kwargs) -> float:
+    policy = LatentDiffusionPolicy(model, replan_every_s=1.0, max_agents=NUM_AGENTS, **policy_kwargs)
     start = model.config.history_steps - 1
     t0 = time.perf_counter()
     policy.reset(scene, start, scene.is_vehicle.copy(), np.random.default_rng(0))
@@ -155,7 +159,10 @@ def main() -> None:
         "trajectory_unet_ms": round(unet_ms, 1),
         "speedup": round(unet_ms / latent_ms, 1),
         "closed_loop_s": round(time_closed_loop(model, scene), 3),
+        "closed_loop_unguided_s": round(time_closed_loop(model, scene, candidates=1,
+                                                         guidance=GuidanceConfig(steps=0)), 3),
         "closed_loop_setup": "20 s, 32 vehicles, replan every 1 s, blm_gym.sim.state.step",
+        "guidance": {"candidates": LatentDiffusionPolicy(model).candidates, **dataclasses.asdict(GuidanceConfig())},
     }, indent=2))
 
 

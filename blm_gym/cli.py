@@ -127,7 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("rollout", help="closed-loop rollouts of a policy, recorded to HDF5")
     r.add_argument("--env", default="BLM-Synthetic-v0", help="env id whose scenes to use")
     r.add_argument("--data-dir", default=None)
-    r.add_argument("--policy", default="idm", help="log | constant_velocity | idm | blm")
+    r.add_argument("--policy", default="idm", help="log | constant_velocity | idm | blm | blm_unguided")
     r.add_argument("--checkpoint", default=None, help="BLM weights for --policy blm (default: shipped model)")
     r.add_argument("--scenes", default=None, help="comma-separated scene ids (default: all)")
     r.add_argument("--samples", type=int, default=1)

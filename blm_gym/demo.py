@@ -131,7 +131,7 @@ def run_demo(cfg: DemoConfig, mode: str = "fresh") -> dict:
 def evaluate(source, eval_ids: list[str], checkpoints: dict[str, Path], cfg: DemoConfig, out: Path) -> dict:
     """Closed-loop rollouts of each checkpoint on ``eval_ids``, their metrics, a video and a contact sheet."""
     from blm_gym.metrics.report import compute_report, write_report
-    from blm_gym.policies.latent_diffusion import LatentDiffusionPolicy
+    from blm_gym.policies import make_policy
     from blm_gym.render import RenderConfig, contact_sheet, write_png, write_video
     from blm_gym.render.replay import rollout_frames
     from blm_gym.rollout.h5 import write_rollouts
@@ -140,7 +140,8 @@ def evaluate(source, eval_ids: list[str], checkpoints: dict[str, Path], cfg: Dem
     scenes = {sid: load_scene(source, sid) for sid in eval_ids}
     all_rollouts, summary = [], {"definitions": None, "scenes": eval_ids, "samples": cfg.samples}
     for name, ckpt in checkpoints.items():
-        rollouts = run_rollouts(source, lambda: LatentDiffusionPolicy.from_checkpoint(ckpt), scene_ids=eval_ids,
+        # the bare model (no sampling-time guidance): the before/after shows what stage 3 changed
+        rollouts = run_rollouts(source, lambda: make_policy("blm_unguided", checkpoint=str(ckpt)), scene_ids=eval_ids,
                                 samples=cfg.samples, horizon_s=cfg.horizon_s, seed=cfg.seed)
         rollouts = [replace(r, policy=f"blm-{name}") for r in rollouts]
         report = compute_report(rollouts, scenes)

@@ -123,7 +123,9 @@ def main() -> None:
 
     backgrounds = {name: name for name in args.backgrounds.split(",")}
     if args.adversarial_checkpoint.is_file():
-        backgrounds["blm-adversarial"] = lambda: make_policy("blm", checkpoint=str(args.adversarial_checkpoint))
+        # unguided: guidance would steer the adversarial model's plans back toward safety
+        adversarial = str(args.adversarial_checkpoint)
+        backgrounds["blm-adversarial"] = lambda: make_policy("blm_unguided", checkpoint=adversarial)
     else:
         print(f"no adversarial checkpoint at {args.adversarial_checkpoint}: skipping that background")
 

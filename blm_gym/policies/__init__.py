@@ -2,18 +2,22 @@
 from blm_gym.policies.base import Policy
 from blm_gym.policies.baselines import BASELINES, ConstantVelocityPolicy, IDMParams, IDMPolicy, LogReplayPolicy
 
-POLICY_NAMES = (*BASELINES, "blm")
+POLICY_NAMES = (*BASELINES, "blm", "blm_unguided")
 
 
 def make_policy(name: str, *, checkpoint: str | None = None) -> Policy:
-    """A policy by name: ``log``, ``constant_velocity``, ``idm`` or ``blm`` (``checkpoint`` = BLM weights,
-    default: the pretrained nuScenes model shipped with the package)."""
+    """A policy by name: ``log``, ``constant_velocity``, ``idm``, ``blm`` (the BLM model with
+    sampling-time guidance and the cheapest of 4 joint plans per replan) or ``blm_unguided`` (the
+    bare model: one plan, no guidance). ``checkpoint`` = BLM weights, default: the pretrained
+    nuScenes model shipped with the package."""
     if name in BASELINES:
         return BASELINES[name]()
-    if name == "blm":
+    if name in ("blm", "blm_unguided"):
+        from blm_gym.models.guidance import GuidanceConfig
         from blm_gym.policies.latent_diffusion import LatentDiffusionPolicy
 
-        return LatentDiffusionPolicy.from_checkpoint(checkpoint)
+        bare = {"candidates": 1, "guidance": GuidanceConfig(steps=0)} if name == "blm_unguided" else {}
+        return LatentDiffusionPolicy.from_checkpoint(checkpoint, **bare)
     raise ValueError(f"unknown policy {name!r}; choose one of {POLICY_NAMES}")
 
 

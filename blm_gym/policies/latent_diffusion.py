@@ -1,12 +1,18 @@
 """The BLM model as a closed-loop policy: joint latent plans, replanned every ``replan_every_s``.
 
 At each replan the policy builds an :class:`~blm_gym.models.batch.AgentBatch` from the scene and
-the history it simulated (the log before the episode starts), samples one joint plan for the ego
-and the nearest road users (by default all valid ones: vehicles, pedestrians, cyclists, static
-obstacles; controlled or not: the others are context),
-and then executes the planned (acceleration, yaw rate) of the current step for the agents it
+the history it simulated (the log before the episode starts), samples ``candidates`` joint plans
+for the ego and the nearest road users (by default all valid ones: vehicles, pedestrians,
+cyclists, static obstacles; controlled or not: the others are context) in one batch, keeps the
+one with the lowest guidance cost (clearance + off-road, :mod:`blm_gym.models.guidance`), and
+then executes the planned (acceleration, yaw rate) of the current step for the agents it
 controls. Controlled agents outside the plan (beyond ``max_agents``) keep their
 speed and heading (zero action).
+
+Sampling-time guidance (``guidance``, default on; ``GuidanceConfig(steps=0)`` and
+``candidates=1`` give the bare model): the last DDIM steps are nudged down the gradient of the
+clearance and off-road costs of the decoded plans; only the vehicles this policy executes are
+moved, the other road users' planned futures are the obstacles.
 
 Standstill hold (a real controller's brake hold): an agent that stands (speed below
 ``standstill_speed``) and whose plan stays below that speed for the next ``standstill_hold_s``
@@ -25,6 +31,7 @@ from blm_gym.data.scene import Scene, Trajectories
 from blm_gym.models.batch import MAX_LANES, make_agent_batch, road_users
 from blm_gym.models.blm import BLMModel
 from blm_gym.models.checkpoint import load_model
+from blm_gym.models.guidance import DistanceField, GuidanceConfig, make_guide, plan_costs
 from blm_gym.sim.state import Action, SimState
 
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parents[1] / "assets" / "blm_nuscenes.pt"
@@ -43,15 +50,17 @@ class LatentDiffusionPolicy:
     ``replan_every_s``: seconds between plans (at most the plan length, 5.2 s);
     ``num_steps``/``eta``: DDIM steps (None: the model's default) and stochasticity (0: DDIM);
     ``max_agents``: agents per joint plan (ego + nearest road users; None: every one valid at the
-    replan); ``max_lanes``: lane centerlines the plan sees; ``standstill_speed`` (m/s; 0 disables) and ``standstill_hold_s``: the standstill hold
-    of the module docstring.
+    replan); ``max_lanes``: lane centerlines the plan sees; ``standstill_speed`` (m/s; 0 disables)
+    and ``standstill_hold_s``: the standstill hold of the module docstring; ``candidates``: joint
+    plans sampled per replan, the cheapest executed; ``guidance``: sampling-time guidance.
     """
 
     name = "blm"
 
     def __init__(self, model: BLMModel, *, replan_every_s: float = 0.5, num_steps: int | None = None,
                  eta: float = 0.0, max_agents: int | None = None, standstill_speed: float = 0.5,
-                 standstill_hold_s: float = 2.0, max_lanes: int = MAX_LANES):
+                 standstill_hold_s: float = 2.0, max_lanes: int = MAX_LANES, candidates: int = 4,
+                 guidance: GuidanceConfig = GuidanceConfig()):
         c = model.config
         self.replan_steps = int(round(replan_every_s / c.dt))
         if not 1 <= self.replan_steps <= c.future_steps:
@@ -63,7 +72,11 @@ class LatentDiffusionPolicy:
         self.num_steps, self.eta, self.max_agents = num_steps, eta, max_agents
         self.standstill_speed, self.max_lanes = standstill_speed, max_lanes
         self.hold_steps = min(max(int(round(standstill_hold_s / c.dt)), 1), c.future_steps)
+        if candidates < 1:
+            raise ValueError(f"candidates must be >= 1 (joint plans sampled per replan), got {candidates}")
+        self.candidates, self.guidance = candidates, guidance
         self.device = next(model.parameters()).device
+        self._field, self._field_scene = None, None
 
     @classmethod
     def from_checkpoint(cls, path: str | Path | None = None, device: str = "cpu", **kwargs) -> "LatentDiffusionPolicy":
@@ -76,6 +89,9 @@ class LatentDiffusionPolicy:
 
     def reset(self, scene: Scene, start_step: int, controlled: np.ndarray, rng: np.random.Generator) -> None:
         h = self.model.config.history_steps
+        if self._field_scene is not scene:  # built once per scene, reused over its samples
+            self._field = DistanceField.from_drivable(scene.road.drivable, self.device)
+            self._field_scene = scene
         self._scene = scene
         self._controlled = np.asarray(controlled, bool)
         self._gen = torch.Generator(device=self.device).manual_seed(int(rng.integers(2**62)))
@@ -108,16 +124,25 @@ class LatentDiffusionPolicy:
         batch = make_agent_batch(s, state.step, max_agents=n, max_lanes=self.max_lanes, history=hist,
                                  history_steps=self.model.config.history_steps,
                                  future_steps=self.model.config.future_steps).to(self.device)
-        latents = self.model.sample(batch, 1, self.num_steps, self.eta, self._gen)[:, 0]
-        actions, states = self.model.decode(latents, batch)
-        actions = actions[0]
-        hold = standstill(batch.state_world[0, :, 3], states[0, ..., 3], self.standstill_speed, self.hold_steps)
-        brake = torch.zeros_like(actions)
-        k = self.replan_steps  # stop gently (a jerk-free 0.5 m/s^2 or so) by the next replan
-        brake[:, :k, 0] = -batch.state_world[0, :, 3, None].clamp(min=0) / (k * self.model.config.dt)
-        actions = torch.where(hold[:, None, None], brake, actions)
         rows = batch.agent_index[0]
         keep = rows >= 0
+        # the vehicles this policy executes: the only plans guidance may move
+        movable = torch.as_tensor(self._controlled & s.is_vehicle, device=self.device)[rows.clamp(min=0)] & keep
+        k, g = self.candidates, self.guidance
+        ctx = self.model.encode_context(batch)
+        batch_k, ctx_k, movable_k = batch.repeat_interleave(k), ctx.repeat_interleave(k), movable.expand(k, -1)
+        guide = make_guide(lambda x: self.model.decode(x, batch_k, ctx_k, g.horizon_steps)[1], batch_k, movable_k,
+                           self._field, g, len(self.model.timesteps(self.num_steps)))
+        latents = self.model.sample(batch, k, self.num_steps, self.eta, self._gen, ctx=ctx, guide=guide)[0]
+        actions, states = self.model.decode(latents, batch_k, ctx_k)  # (K, N, F, 2), (K, N, F, 4)
+        # keep the joint plan with the fewest conflicts
+        best = int(torch.argmin(plan_costs(states, batch_k, movable_k, self._field, g)["total"])) if k > 1 else 0
+        actions, states = actions[best], states[best]
+        hold = standstill(batch.state_world[0, :, 3], states[..., 3], self.standstill_speed, self.hold_steps)
+        brake = torch.zeros_like(actions)
+        r = self.replan_steps  # stop gently (a jerk-free 0.5 m/s^2 or so) by the next replan
+        brake[:, :r, 0] = -batch.state_world[0, :, 3, None].clamp(min=0) / (r * self.model.config.dt)
+        actions = torch.where(hold[:, None, None], brake, actions)
         plan = np.zeros((s.num_agents, self.model.config.future_steps, 2), np.float32)
         plan[rows[keep].cpu().numpy()] = actions[keep].cpu().numpy()
         self._plan, self._plan_step = plan, state.step
