@@ -14,10 +14,11 @@ uses it. The costs are the differentiable twins of the collision and off-road me
   ``relu(signed distance to its boundary + margin)^2`` (m^2; positive outside) at every planned
   step, read bilinearly from a distance field built once per scene (:class:`DistanceField`).
 
-Costs are per plan (summed over scored steps, agent pairs and vehicles). Guidance only moves the
-model's own samples a little (a few small gradient steps late in the chain), it puts no
-rule-based controller on top; with several candidate plans per replan the policy executes the
-cheapest (:class:`~blm_gym.policies.latent_diffusion.LatentDiffusionPolicy`).
+Costs are per plan (summed over scored steps, agent pairs and vehicles). Guidance moves the
+model's own samples (a few gradient steps late in the chain, each agent's latent by at most
+``max_step`` per step) and the decoder still makes the actions: no rule-based controller is put
+on top. With several candidate plans per replan the policy executes the cheapest
+(:class:`~blm_gym.policies.latent_diffusion.LatentDiffusionPolicy`).
 """
 from __future__ import annotations
 
