@@ -31,6 +31,7 @@ from scipy.ndimage import distance_transform_edt
 
 from blm_gym.data.scene import AgentType, DrivableArea
 from blm_gym.models.batch import AgentBatch
+from blm_gym.sim.geometry import disc_cover
 
 
 @dataclass(frozen=True)
@@ -97,21 +98,6 @@ class DistanceField:
         return top * (1 - fv) + bottom * fv
 
 
-def _discs(states: torch.Tensor, extent: torch.Tensor):
-    """Disc centres ``(..., N, F, 3, 2)`` and radii ``(..., N, 1, 3)`` that cover each agent's box.
-
-    The box is cut into three ``length / 3 x width`` pieces along its heading, each covered by the
-    disc through its corners, so discs that keep clear guarantee boxes that do (at scored steps).
-    """
-    length, width = extent[..., 0], extent[..., 1]
-    radius = torch.hypot(length / 6, width / 2)
-    offsets = torch.tensor([-1.0, 0.0, 1.0], device=states.device) * (length / 3)[..., None]  # (..., N, 3)
-    c, s = torch.cos(states[..., 2]), torch.sin(states[..., 2])  # (..., N, F)
-    cx = states[..., 0, None] + c[..., None] * offsets[..., None, :]
-    cy = states[..., 1, None] + s[..., None] * offsets[..., None, :]
-    return torch.stack([cx, cy], -1), radius[..., None, None].expand(*radius.shape, 1, 3)
-
-
 def candidate_pairs(states: torch.Tensor, batch: AgentBatch, movable: torch.Tensor, slack_m: float = 3.0
                     ) -> torch.Tensor:
     """Pairs ``(P, 3)`` of (row, i, j), ``i`` movable, ``j`` any other agent, whose planned centres
@@ -147,10 +133,13 @@ def plan_costs(states: torch.Tensor, batch: AgentBatch, movable: torch.Tensor, f
     is_vehicle = batch.agent_type == AgentType.VEHICLE
     if pairs is None:
         pairs = candidate_pairs(states, batch, movable)
-    centres, radius = _discs(states, batch.extent)  # (B, N, F, 3, 2), (B, N, 1, 3)
+    # 3 discs that cover each box, per step: centres (B, N, F, 3, 2), radii (B, N, 1)
+    length, width = batch.extent[..., 0, None], batch.extent[..., 1, None]
+    cx, cy, radius = disc_cover(states[..., 0], states[..., 1], states[..., 2], length, width, 3)
+    centres = torch.stack([cx, cy], -1)
     b, i, j = pairs.unbind(-1)
     d = (centres[b, i][..., :, None, :] - centres[b, j][..., None, :, :]).norm(dim=-1)  # (P, F, 3, 3)
-    reach = radius[b, i][..., :, None] + radius[b, j][..., None, :] + config.clearance_margin_m
+    reach = (radius[b, i] + radius[b, j])[..., None, None] + config.clearance_margin_m
     per_pair = (reach - d).clamp(min=0).pow(2).sum((-1, -2, -3))
     clearance = torch.zeros(states.shape[0], device=states.device).index_add(0, b, per_pair)
     if field is None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from blm_gym.data.scene import DrivableArea
+from blm_gym.sim.kinematics import array_module
 
 
 def _float(a) -> np.ndarray:
@@ -33,6 +34,26 @@ def box_corners(x, y, heading, length, width) -> np.ndarray:
     fl = np.array([1.0, -1.0, -1.0, 1.0], dtype=c.dtype) * (0.5 * length)[..., None]
     fw = np.array([1.0, 1.0, -1.0, -1.0], dtype=c.dtype) * (0.5 * width)[..., None]
     return np.stack([x[..., None] + c * fl - s * fw, y[..., None] + s * fl + c * fw], axis=-1)
+
+
+def disc_cover(x, y, heading, length, width, num_discs: int):
+    """``num_discs`` equal discs along each box's heading that together cover it.
+
+    Disc ``k`` is centred on the box's long axis at ``((k + 0.5) / n - 0.5) * length`` from its
+    centre, with radius ``sqrt((width / 2)^2 + (length / (2 n))^2)``: it circumscribes one of ``n``
+    equal slices of the box. Inputs ``(...)`` broadcast; returns centres ``cx, cy`` ``(..., n)``
+    and ``radius`` ``(...)``. Works on numpy arrays and on torch tensors (differentiably: the
+    sampling guidance uses it); ``heading`` may be None for ``n = 1``.
+    """
+    xp = array_module(length)
+    k = (xp.arange(num_discs, dtype=length.dtype, device=length.device) if xp is not np
+         else np.arange(num_discs, dtype=length.dtype))
+    frac = (k + 0.5) / num_discs - 0.5
+    radius = xp.sqrt((0.5 * width) ** 2 + (0.5 * length / num_discs) ** 2)
+    if num_discs == 1:
+        return x[..., None], y[..., None], radius
+    offset = frac * length[..., None]
+    return x[..., None] + offset * xp.cos(heading)[..., None], y[..., None] + offset * xp.sin(heading)[..., None], radius
 
 
 def boxes_overlap(x, y, heading, length, width, valid) -> np.ndarray:

@@ -33,14 +33,14 @@ class ActionBounds:
 DEFAULT_BOUNDS = ActionBounds()
 
 
-def _xp(a):
+def array_module(a):
     """The array module of ``a``: torch for tensors, numpy otherwise."""
     return sys.modules["torch"] if type(a).__module__.startswith("torch") else np
 
 
 def unicycle_step(x, y, heading, speed, accel, yaw_rate, dt: float, bounds: ActionBounds = DEFAULT_BOUNDS):
     """One step for any batch shape; returns ``(x, y, heading, speed)`` of the same shape."""
-    xp = _xp(x)
+    xp = array_module(x)
     accel = xp.clip(accel, bounds.min_accel, bounds.max_accel)
     yaw_rate = xp.clip(yaw_rate, -bounds.max_yaw_rate, bounds.max_yaw_rate)
     speed = xp.clip(speed + accel * dt, 0.0, bounds.max_speed)
@@ -53,7 +53,7 @@ def unicycle_rollout(x0, y0, heading0, speed0, actions, dt: float, bounds: Actio
 
     Returns states ``(..., T, 4)`` = (x, y, heading, speed) *after* each action.
     """
-    xp = _xp(actions)
+    xp = array_module(actions)
     state = (x0, y0, heading0, speed0)
     out = []
     for t in range(actions.shape[-2]):

@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from blm_gym.sim.geometry import disc_cover
+
 DEFAULT_HORIZON = 5.0  # s
 
 
@@ -43,13 +45,10 @@ def time_to_collision(x, y, vx, vy, length, width, valid, horizon: float = DEFAU
     valid = np.broadcast_to(np.asarray(valid, dtype=bool), x.shape)
 
     # Disc centres (..., N, K) and radii (..., N, 1).
-    offset = ((np.arange(num_discs, dtype=dtype) + 0.5) / num_discs - 0.5) * length[..., None]
-    cx, cy = x[..., None], y[..., None]
-    if num_discs > 1:
+    if heading is not None:
         heading = np.broadcast_to(np.asarray(heading, dtype=dtype), x.shape)
-        cx = cx + offset * np.cos(heading)[..., None]
-        cy = cy + offset * np.sin(heading)[..., None]
-    radius = np.sqrt((0.5 * width) ** 2 + (0.5 * length / num_discs) ** 2)[..., None]
+    cx, cy, radius = disc_cover(x, y, heading, length, width, num_discs)
+    radius = radius[..., None]
 
     # Pair axes: (..., i, j, k_i, k_j); velocities are shared by all discs of an agent.
     px = cx[..., None, :, None, :] - cx[..., :, None, :, None]
