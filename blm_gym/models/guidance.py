@@ -170,13 +170,15 @@ def make_guide(decode: Callable[[torch.Tensor], torch.Tensor], batch: AgentBatch
     def guide(x0_hat: torch.Tensor, i: int) -> torch.Tensor:
         if i < first:
             return x0_hat
-        x = x0_hat.detach()
-        with torch.no_grad():
-            pairs = candidate_pairs(decode(x)[..., :config.horizon_steps:config.stride, :], batch, movable)
+        x, pairs = x0_hat.detach(), None
         for _ in range(config.iterations):
             with torch.enable_grad():
                 x.requires_grad_(True)
-                cost = plan_costs(decode(x), batch, movable, field, config, pairs)["total"].sum()
+                states = decode(x)
+                if pairs is None:  # the pairs that can touch, from the plans as they enter this step
+                    pairs = candidate_pairs(states.detach()[..., :config.horizon_steps:config.stride, :], batch,
+                                            movable)
+                cost = plan_costs(states, batch, movable, field, config, pairs)["total"].sum()
                 (grad,) = torch.autograd.grad(cost, x)
             # quadratic costs of deep overlaps have steep gradients: clip each agent's move
             delta = config.step_size * grad
