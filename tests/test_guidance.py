@@ -85,12 +85,12 @@ def test_guided_plans_cost_less_than_unguided():
             c = plan_costs(model.decode(z, batch_k, ctx_k)[1], batch_k, movable, field, cfg)
         return (c["clearance"] + c["offroad"]).mean().item()
 
-    guide = make_guide(lambda z: model.decode(z, batch_k, ctx_k)[1], batch_k, movable, field, cfg,
+    guide = make_guide(lambda z, agents: model.decode(z, batch_k, ctx_k, agents=agents)[1], batch_k, movable, field, cfg,
                        len(model.timesteps()))
     plain, guided = cost(None), cost(guide)
     assert plain > 0  # the scene is built so that plain plans do conflict
     assert guided < 0.5 * plain
-    assert make_guide(lambda z: z, batch_k, movable, field, GuidanceConfig(steps=0), 5) is None
+    assert make_guide(lambda z, agents: z, batch_k, movable, field, GuidanceConfig(steps=0), 5) is None
 
 
 def test_guidance_config_and_policy_reject_bad_values():

@@ -173,13 +173,20 @@ class BLMModel(nn.Module):
         return x.reshape(b, num_samples, *x.shape[1:])
 
     def decode(self, latents: torch.Tensor, batch: AgentBatch, ctx: SceneContext | None = None,
-               horizon: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+               horizon: int | None = None, agents: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Normalised latents ``(B, [K,] N, T', d)`` -> actions ``(B, [K,] N, F, 2)`` and world states
         ``(B, [K,] N, F, 4)`` (x, y, heading, speed after each action); ``horizon``: integrate only
-        the first that many actions (states ``(..., horizon, 4)``; guidance looks no further)."""
+        the first that many actions (states ``(..., horizon, 4)``; guidance looks no further).
+
+        ``agents``: bool ``(B, N)``; then ``latents`` are only those ``M`` agents' ``(M, T', d)``
+        (``full[agents]``) and so are the outputs, ``(M, F, 2)`` and ``(M, F, 4)``: the decoder
+        is per agent, so guidance decodes only the agents its costs can move."""
         cond = ctx.vae_cond if ctx is not None else self.vae.context(batch)
         start, frame = batch.state_scene, batch.frame
-        if latents.dim() == 5:  # (B, K, ...): broadcast the per-scene tensors over K
+        if agents is not None:
+            cond, start = cond[agents], start[agents]
+            frame = frame[:, None].expand(*agents.shape, frame.shape[-1])[agents]
+        elif latents.dim() == 5:  # (B, K, ...): broadcast the per-scene tensors over K
             cond, start, frame = cond[:, None], start[:, None], frame[:, None]
             k = latents.shape[1]
             cond = cond.expand(-1, k, -1, -1)

@@ -116,6 +116,19 @@ def candidate_pairs(states: torch.Tensor, batch: AgentBatch, movable: torch.Tens
         return keep.nonzero()
 
 
+def offroad_costs(states: torch.Tensor, batch: AgentBatch, movable: torch.Tensor, field: DistanceField | None,
+                  config: GuidanceConfig) -> torch.Tensor:
+    """Off-road cost ``(B, N)`` (m^2) of each movable vehicle that starts on the road, over the
+    planned steps of ``states`` ``(B, N, F, 4)`` (already cut to the scored steps); zeros without
+    a ``field``."""
+    if field is None:
+        return torch.zeros(states.shape[:2], device=states.device)
+    sd = field(states[..., 0], states[..., 1])  # (B, N, F)
+    start_on = field(batch.state_world[..., 0], batch.state_world[..., 1]) <= 0
+    scored = movable & batch.agent_mask & (batch.agent_type == AgentType.VEHICLE) & start_on
+    return (sd + config.offroad_margin_m).clamp(min=0).pow(2).sum(-1) * scored
+
+
 def plan_costs(states: torch.Tensor, batch: AgentBatch, movable: torch.Tensor, field: DistanceField | None,
                config: GuidanceConfig, pairs: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """Clearance, off-road and weighted total cost ``(B,)`` (m^2, see the module docstring) of
@@ -130,7 +143,6 @@ def plan_costs(states: torch.Tensor, batch: AgentBatch, movable: torch.Tensor, f
     movable = movable & batch.agent_mask
     # non-movable plans are targets only: no gradient flows into them
     states = torch.where(movable[..., None, None], states, states.detach())
-    is_vehicle = batch.agent_type == AgentType.VEHICLE
     if pairs is None:
         pairs = candidate_pairs(states, batch, movable)
     # 3 discs that cover each box, per step: centres (B, N, F, 3, 2), radii (B, N, 1)
@@ -142,25 +154,26 @@ def plan_costs(states: torch.Tensor, batch: AgentBatch, movable: torch.Tensor, f
     reach = (radius[b, i] + radius[b, j])[..., None, None] + config.clearance_margin_m
     per_pair = (reach - d).clamp(min=0).pow(2).sum((-1, -2, -3))
     clearance = torch.zeros(states.shape[0], device=states.device).index_add(0, b, per_pair)
-    if field is None:
-        offroad = torch.zeros_like(clearance)
-    else:
-        sd = field(states[..., 0], states[..., 1])  # (B, N, F)
-        start_on = field(batch.state_world[..., 0], batch.state_world[..., 1]) <= 0
-        scored = movable & is_vehicle & start_on
-        offroad = ((sd + config.offroad_margin_m).clamp(min=0).pow(2).sum(-1) * scored).sum(-1)
+    offroad = offroad_costs(states, batch, movable, field, config).sum(-1)
     total = config.clearance_weight * clearance + config.offroad_weight * offroad
     return {"clearance": clearance, "offroad": offroad, "total": total}
 
 
-def make_guide(decode: Callable[[torch.Tensor], torch.Tensor], batch: AgentBatch, movable: torch.Tensor,
-               field: DistanceField | None, config: GuidanceConfig, num_ddim_steps: int
+def make_guide(decode: Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor], batch: AgentBatch,
+               movable: torch.Tensor, field: DistanceField | None, config: GuidanceConfig, num_ddim_steps: int
                ) -> Callable[[torch.Tensor, int], torch.Tensor] | None:
     """The ``guide(x0_hat, i) -> x0_hat`` hook of :meth:`BLMModel.sample` (None when disabled).
 
-    ``decode`` maps normalised latents ``(B, N, T', d)`` to world states ``(B, N, F, 4)`` of the
-    scenes in ``batch`` (already repeated for K samples); ``movable`` ``(B, N)`` as in
-    :func:`plan_costs`. Guides the last ``config.steps`` of ``num_ddim_steps`` DDIM steps.
+    ``decode(latents, agents)`` maps normalised latents to world states: ``(B, N, T', d) ->
+    (B, N, F, 4)`` for the scenes in ``batch`` (already repeated for K samples) when ``agents`` is
+    None, and ``(M, T', d) -> (M, F, 4)`` for the agents of the bool ``(B, N)`` mask ``agents``
+    otherwise (:meth:`BLMModel.decode`); ``movable`` ``(B, N)`` as in :func:`plan_costs`.
+    Guides the last ``config.steps`` of ``num_ddim_steps`` DDIM steps.
+
+    Only the *active* agents are decoded with gradient: the movable members of a candidate pair
+    and the vehicles with an off-road cost. Every other agent gets a zero gradient at the first
+    iteration, so its latent, plan and costs never change within the step: leaving it out is
+    exact. A step whose plans cost nothing returns ``x0_hat`` as it is (zero gradient too).
     """
     if config.steps == 0:
         return None
@@ -170,23 +183,29 @@ def make_guide(decode: Callable[[torch.Tensor], torch.Tensor], batch: AgentBatch
     def guide(x0_hat: torch.Tensor, i: int) -> torch.Tensor:
         if i < first:
             return x0_hat
-        x, pairs = x0_hat.detach(), None
+        x = x0_hat.detach()
+        base = decode(x, None).detach()  # every agent's plan as it enters this step
+        scored = base[..., :config.horizon_steps:config.stride, :]
+        pairs = candidate_pairs(scored, batch, movable)
+        if plan_costs(base, batch, movable, field, config, pairs)["total"].sum() == 0:
+            return x0_hat
+        active = torch.zeros_like(movable)
+        active[pairs[:, 0], pairs[:, 1]] = True
+        active[pairs[:, 0], pairs[:, 2]] = True
+        active = (active & movable) | (offroad_costs(scored, batch, movable, field, config) > 0)
         for _ in range(config.iterations):
             with torch.enable_grad():
-                x.requires_grad_(True)
-                states = decode(x)
-                if pairs is None:  # the pairs that can touch, from the plans as they enter this step
-                    pairs = candidate_pairs(states.detach()[..., :config.horizon_steps:config.stride, :], batch,
-                                            movable)
+                xa = x[active].requires_grad_(True)
+                states = base.index_put((active,), decode(xa, active))
                 cost = plan_costs(states, batch, movable, field, config, pairs)["total"].sum()
-                (grad,) = torch.autograd.grad(cost, x)
+                (grad,) = torch.autograd.grad(cost, xa)
             # quadratic costs of deep overlaps have steep gradients: clip each agent's move
             delta = config.step_size * grad
             norm = delta.flatten(-2).norm(dim=-1)[..., None, None]
-            x = (x - delta * (config.max_step / norm.clamp(min=config.max_step))).detach()
+            x = x.index_put((active,), (xa - delta * (config.max_step / norm.clamp(min=config.max_step))).detach())
         return x
 
     return guide
 
 
-__all__ = ["DistanceField", "GuidanceConfig", "candidate_pairs", "make_guide", "plan_costs"]
+__all__ = ["DistanceField", "GuidanceConfig", "candidate_pairs", "make_guide", "offroad_costs", "plan_costs"]

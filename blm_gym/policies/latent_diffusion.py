@@ -131,8 +131,8 @@ class LatentDiffusionPolicy:
         k, g = self.candidates, self.guidance
         ctx = self.model.encode_context(batch)
         batch_k, ctx_k, movable_k = batch.repeat_interleave(k), ctx.repeat_interleave(k), movable.expand(k, -1)
-        guide = make_guide(lambda x: self.model.decode(x, batch_k, ctx_k, g.horizon_steps)[1], batch_k, movable_k,
-                           self._field, g, len(self.model.timesteps(self.num_steps)))
+        guide = make_guide(lambda x, agents: self.model.decode(x, batch_k, ctx_k, g.horizon_steps, agents)[1],
+                           batch_k, movable_k, self._field, g, len(self.model.timesteps(self.num_steps)))
         latents = self.model.sample(batch, k, self.num_steps, self.eta, self._gen, ctx=ctx, guide=guide)[0]
         actions, states = self.model.decode(latents, batch_k, ctx_k)  # (K, N, F, 2), (K, N, F, 4)
         # keep the joint plan with the fewest conflicts
