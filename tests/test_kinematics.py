@@ -132,3 +132,20 @@ def test_step_integrates_controlled_agents_and_spawns_late_agents():
             assert (state.x[1], state.y[1], state.speed[1]) == (log.x[1, 5], log.y[1, 5], log.speed[1, 5])
         np.testing.assert_array_equal(state.x[3], log.x[3, t])  # replayed agent follows the log
     assert not state.valid[2]  # left the scene when the log says so
+
+
+def test_rollout_equals_stepping_through_clips_and_broadcasts():
+    # braking through zero speed, accelerations and yaw rates beyond the bounds, and one start
+    # state shared by K samples (the closed-loop policy's layout): the rollout must be the loop
+    rng = np.random.default_rng(1)
+    k, n, steps = 3, 4, 25
+    init = [torch.tensor(rng.uniform(-50, 50, n)), torch.tensor(rng.uniform(-50, 50, n)),
+            torch.tensor(rng.uniform(-3, 3, n)), torch.tensor([0.5, 3.0, 12.0, 39.5])]
+    actions = torch.tensor(rng.uniform(-15, 12, (k, n, steps, 2)))
+    actions[..., 1] *= 0.3
+    out = unicycle_rollout(*init, actions, DT)
+    state = tuple(a.expand(k, n) for a in init)
+    for t in range(steps):
+        state = unicycle_step(*state, actions[..., t, 0], actions[..., t, 1], DT)
+        torch.testing.assert_close(out[:, :, t], torch.stack(state, -1), rtol=0, atol=1e-9)
+    assert (out[..., 3] == 0).any() and (out[..., 3] == DEFAULT_BOUNDS.max_speed).any()  # both clips were hit

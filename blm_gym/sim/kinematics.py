@@ -49,17 +49,32 @@ def unicycle_step(x, y, heading, speed, accel, yaw_rate, dt: float, bounds: Acti
 
 
 def unicycle_rollout(x0, y0, heading0, speed0, actions, dt: float, bounds: ActionBounds = DEFAULT_BOUNDS):
-    """Integrate action sequences ``(..., T, 2)`` from initial states ``(...)``.
+    """Integrate action sequences ``(..., T, 2)`` from initial states ``(...)`` (broadcast).
 
-    Returns states ``(..., T, 4)`` = (x, y, heading, speed) *after* each action.
+    Returns states ``(..., T, 4)`` = (x, y, heading, speed) *after* each action: the same
+    arithmetic as ``T`` calls of :func:`unicycle_step`, but heading and position are running sums
+    (``cumsum`` adds in the same order as the loop), so only the clipped speed is stepped one at a
+    time: the guidance backpropagates through this, and a short graph is what makes it fast.
     """
     xp = array_module(actions)
-    state = (x0, y0, heading0, speed0)
-    out = []
+    accel = xp.clip(actions[..., 0], bounds.min_accel, bounds.max_accel)
+    yaw_rate = xp.clip(actions[..., 1], -bounds.max_yaw_rate, bounds.max_yaw_rate)
+    speeds, speed = [], speed0
     for t in range(actions.shape[-2]):
-        state = unicycle_step(*state, actions[..., t, 0], actions[..., t, 1], dt, bounds)
-        out.append(xp.stack(state, -1))
-    return xp.stack(out, -2)
+        speed = xp.clip(speed + accel[..., t] * dt, 0.0, bounds.max_speed)
+        speeds.append(speed)
+    speed = xp.stack(speeds, -1)
+
+    def running_sum(start, increments):
+        shape = np.broadcast_shapes(tuple(start.shape), tuple(increments.shape[:-1]))
+        start = xp.broadcast_to(start, shape)[..., None]
+        increments = xp.broadcast_to(increments, shape + tuple(increments.shape[-1:]))
+        return xp.cumsum(xp.concatenate([start, increments], -1), -1)[..., 1:]
+
+    heading = running_sum(heading0, yaw_rate * dt)
+    x = running_sum(x0, speed * xp.cos(heading) * dt)
+    y = running_sum(y0, speed * xp.sin(heading) * dt)
+    return xp.stack([x, y, heading, speed], -1)
 
 
 def wrap_angle(a):
