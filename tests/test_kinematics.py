@@ -1,6 +1,8 @@
 """Unicycle kinematics, inverse kinematics and the pure simulator step."""
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -133,6 +135,22 @@ def test_step_integrates_controlled_agents_and_spawns_late_agents():
         np.testing.assert_array_equal(state.x[3], log.x[3, t])  # replayed agent follows the log
     assert not state.valid[2]  # left the scene when the log says so
 
+
+
+def test_frozen_agents_never_enter_but_still_leave():
+    log = make_log(np.random.default_rng(2))
+    gap = log.valid.copy()
+    gap[0, 3:5] = False  # agent 0 drops out for two steps, then the log has it again
+    log = dataclasses.replace(log, valid=gap)
+    n = log.num_agents
+    action = Action(np.zeros((n, 2), np.float32), np.zeros(n, bool))
+    frozen, spawning = SimState.from_log(log, 0), SimState.from_log(log, 0)
+    for _ in range(1, log.num_steps):
+        frozen = step(frozen, action, log, DT, freeze_agents=True)
+        spawning = step(spawning, action, log, DT)
+    assert spawning.valid[0] and spawning.valid[1]  # re-entered / entered at their logged states
+    assert not frozen.valid[0] and not frozen.valid[1]  # not valid at step 0 without a gap: never joins
+    assert not frozen.valid[2] and frozen.valid[3]  # agent 2 left as the log says; agent 3 stayed
 
 def test_rollout_equals_stepping_through_clips_and_broadcasts():
     # braking through zero speed, accelerations and yaw rates beyond the bounds, and one start

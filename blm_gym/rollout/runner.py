@@ -1,6 +1,7 @@
 """Closed-loop rollouts: a policy drives the chosen agents, the others replay the log."""
 from __future__ import annotations
 
+import dataclasses
 from typing import Callable, Sequence
 
 import numpy as np
@@ -47,8 +48,9 @@ def controlled_mask(scene: Scene, controlled: str | np.ndarray) -> np.ndarray:
 
 
 def simulate(scene: Scene, policy: Policy, controlled: np.ndarray, start_step: int, num_steps: int,
-             rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """One closed-loop episode of ``num_steps`` steps from the logged state at ``start_step``.
+             rng: np.random.Generator, freeze_agents: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """One closed-loop episode of ``num_steps`` steps from the logged state at ``start_step``
+    (``freeze_agents``: see :func:`blm_gym.sim.state.step`).
 
     Returns states ``(4, N, num_steps + 1)`` (x, y, heading, speed; index 0 is the initial state)
     and validity ``(N, num_steps + 1)``.
@@ -69,14 +71,14 @@ def simulate(scene: Scene, policy: Policy, controlled: np.ndarray, start_step: i
         # Rows of agents the policy does not control are ignored: those agents replay the log.
         action = Action(np.where(controlled[:, None], action.accel_yaw, 0.0).astype(np.float32),
                         action.replay_log | ~controlled)
-        state = step(state, action, log, scene.dt)
+        state = step(state, action, log, scene.dt, freeze_agents=freeze_agents)
         record(t, state)
     return states, valid
 
 
 def run_rollouts(source: SceneSource, policy_factory: Callable[[], Policy], *, scene_ids: Sequence[str],
                  samples: int = 1, start_step: int = DEFAULT_START_STEP, horizon_s: float = 10.0,
-                 controlled: str | np.ndarray = "all_vehicles", seed: int = 0,
+                 controlled: str | np.ndarray = "all_vehicles", seed: int = 0, freeze_agents: bool = False,
                  progress: bool = True) -> list[Rollout]:
     """Roll ``policy_factory()`` out closed loop on each scene ``samples`` times.
 
@@ -84,6 +86,10 @@ def run_rollouts(source: SceneSource, policy_factory: Callable[[], Policy], *, s
     seeded by ``(seed, scene position, sample)``, so runs are reproducible. The horizon is
     ``horizon_s`` seconds, clamped to what the log has after ``start_step``. Returns one
     :class:`Rollout` per scene, in the order of ``scene_ids``.
+
+    ``freeze_agents``: only the agents valid at ``start_step`` take part (:func:`~blm_gym.sim.state.step`);
+    the rollout's log then holds just those tracks too (valid until their first gap), so the
+    metrics on the log describe the same agents.
     """
     if samples < 1:
         raise ValueError(f"samples must be >= 1, got {samples}")
@@ -103,15 +109,19 @@ def run_rollouts(source: SceneSource, policy_factory: Callable[[], Policy], *, s
         mask = controlled_mask(scene, controlled)
         runs = []
         for k in range(samples):
-            runs.append(simulate(scene, policy, mask, start_step, num_steps, np.random.default_rng([seed, pos, k])))
+            runs.append(simulate(scene, policy, mask, start_step, num_steps, np.random.default_rng([seed, pos, k]),
+                                 freeze_agents))
             bar.update()
         states = np.stack([s for s, _ in runs])  # (K, 4, N, T)
+        log = scene.traj.select(steps=slice(start_step, start_step + num_steps + 1))
+        if freeze_agents:  # what step() lets stay: valid since start_step without a gap
+            log = dataclasses.replace(log, valid=np.logical_and.accumulate(log.valid, axis=1))
         out.append(Rollout(
             scene_id=scene.scene_id, source=scene.source, policy=name, dt=scene.dt, start_step=start_step,
             ego_index=scene.ego_index, agent_ids=scene.agent_ids, agent_type=scene.agent_type, controlled=mask,
             x=states[:, 0], y=states[:, 1], heading=states[:, 2], speed=states[:, 3],
             valid=np.stack([v for _, v in runs]),
-            log=scene.traj.select(steps=slice(start_step, start_step + num_steps + 1)),
+            log=log,
         ))
     bar.close()
     return out

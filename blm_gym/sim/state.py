@@ -63,12 +63,15 @@ class Action:
 
 
 def step(state: SimState, action: Action, log: Trajectories, dt: float,
-         bounds: ActionBounds = DEFAULT_BOUNDS) -> SimState:
+         bounds: ActionBounds = DEFAULT_BOUNDS, freeze_agents: bool = False) -> SimState:
     """Advance every agent by one ``dt``; pure.
 
     Agents follow the unicycle model unless ``action.replay_log`` is set. Validity follows the
-    log (agents enter and leave the scene when the log says so): an agent that appears at the
-    next step is spawned at its logged state.
+    log: agents leave when their logged track ends, and an agent that appears at the next step is
+    spawned at its logged state, wherever the simulated agents around it now are. With
+    ``freeze_agents`` nobody enters: the agents valid now are all there will be (trajdata's
+    ``SimulationScene(freeze_agents=True)``, the set-up of tbsim/CTG closed-loop metrics), so a
+    logged track that appears later, or reappears after a gap, never joins.
     """
     t1 = state.step + 1
     if t1 >= log.num_steps:
@@ -76,7 +79,7 @@ def step(state: SimState, action: Action, log: Trajectories, dt: float,
     x, y, heading, speed = unicycle_step(
         state.x, state.y, state.heading, state.speed, action.accel_yaw[:, 0], action.accel_yaw[:, 1], dt, bounds
     )
-    valid_next = log.valid[:, t1]
+    valid_next = log.valid[:, t1] & state.valid if freeze_agents else log.valid[:, t1]
     from_log = action.replay_log | (valid_next & ~state.valid)  # replayed or just spawned
     pick = lambda sim, logged: np.where(from_log, logged, sim).astype(np.float32)  # noqa: E731
     return dataclasses.replace(
