@@ -11,7 +11,7 @@ import torch
 from blm_gym.data.scene import AgentType, DrivableArea, RoadMap, Scene, Trajectories, pad_polylines
 from blm_gym.data.source import shared_data_dir
 from blm_gym.models import BLMConfig, BLMModel, collate, make_agent_batch, scene_windows
-from blm_gym.models.batch import MAX_LANES, mirror, nearest_lanes, to_scene_frame, to_world_frame
+from blm_gym.models.batch import MAX_LANES, mirror, nearest_agents, nearest_lanes, to_scene_frame, to_world_frame
 from blm_gym.models.checkpoint import (ArchitectureMismatchError, load_checkpoint, load_model, restore_model,
                                       save_checkpoint)
 from blm_gym.models.schedule import cosine_alpha_bar, ddim_timesteps
@@ -52,6 +52,19 @@ def tiny_model(seed: int = 0, config: BLMConfig = TINY) -> BLMModel:
     torch.manual_seed(seed)
     return BLMModel(config).eval()
 
+
+
+def test_nearest_agents_never_drops_a_valid_road_user_for_an_invalid_vehicle():
+    # vehicles rank first, but a vehicle that is not there (not entered yet) must not take the
+    # place of a pedestrian that is: a plan for every valid road user needs them all
+    scene = toy_scene(num_agents=6)
+    types = np.array([1, 1, 1, 2, 2, 3], np.int8)
+    valid = np.ones(6, bool)
+    valid[1:3] = False  # two vehicles not in the scene now
+    scene = dataclasses.replace(scene, agent_type=types)
+    xy = np.stack([scene.traj.x[:, 20], scene.traj.y[:, 20]], -1)
+    picked = nearest_agents(scene, xy, valid, max_agents=int(valid.sum()))
+    assert sorted(picked.tolist()) == [0, 3, 4, 5] and picked[0] == scene.ego_index
 
 def test_agent_batch_layout():
     scene = toy_scene()

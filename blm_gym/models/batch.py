@@ -147,8 +147,9 @@ def nearest_agents(scene: Scene, xy: np.ndarray, valid: np.ndarray, max_agents: 
     dist = np.linalg.norm(xy - xy[scene.ego_index], axis=-1)
     dist = np.where(cand, dist, np.inf)
     dist[scene.ego_index] = -1.0
-    # vehicles first (nearest first), then the other road users: a small max_agents keeps the vehicles
-    order = np.lexsort((dist, ~scene.is_vehicle & (dist >= 0)))[:max_agents]
+    # vehicles first (nearest first), then the other road users: a small max_agents keeps the
+    # vehicles; agents out of the pick last, so they never take the place of a valid one
+    order = np.lexsort((dist, ~scene.is_vehicle & (dist >= 0), np.isinf(dist)))[:max_agents]
     return order[np.isfinite(dist[order])]
 
 

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from blm_gym.data.scene import Scene, Trajectories
+from blm_gym.data.scene import AgentType, Scene, Trajectories
 from blm_gym.models.batch import MAX_LANES, make_agent_batch, road_users
 from blm_gym.models.blm import BLMModel
 from blm_gym.models.checkpoint import load_model
@@ -131,10 +131,23 @@ class LatentDiffusionPolicy:
         k, g = self.candidates, self.guidance
         ctx = self.model.encode_context(batch)
         batch_k, ctx_k, movable_k = batch.repeat_interleave(k), ctx.repeat_interleave(k), movable.expand(k, -1)
-        guide = make_guide(lambda x, agents: self.model.decode(x, batch_k, ctx_k, g.horizon_steps, agents)[1],
-                           batch_k, movable_k, self._field, g, len(self.model.timesteps(self.num_steps)))
+        # the VAE learnt vehicle actions only: pedestrians, cyclists and static obstacles are
+        # predicted at constant velocity as the obstacles guidance steers around
+        f = self.model.config.future_steps
+        walkers = (batch_k.agent_type != AgentType.VEHICLE)[..., None, None]
+        start = batch_k.state_world  # world frame in, world frame out
+        cv = self.model.rollout(torch.zeros(*start.shape[:-1], f, 2, device=self.device), start)
+
+        def decode(x: torch.Tensor, agents: torch.Tensor | None = None, horizon: int | None = g.horizon_steps):
+            actions, states = self.model.decode(x, batch_k, ctx_k, horizon, agents)
+            if agents is None:  # (agents: a subset of movable vehicles)
+                states = torch.where(walkers, cv[..., :states.shape[-2], :], states)
+            return actions, states
+
+        guide = make_guide(lambda x, agents: decode(x, agents)[1], batch_k, movable_k, self._field, g,
+                           len(self.model.timesteps(self.num_steps)))
         latents = self.model.sample(batch, k, self.num_steps, self.eta, self._gen, ctx=ctx, guide=guide)[0]
-        actions, states = self.model.decode(latents, batch_k, ctx_k)  # (K, N, F, 2), (K, N, F, 4)
+        actions, states = decode(latents, horizon=None)  # (K, N, F, 2), (K, N, F, 4)
         # keep the joint plan with the fewest conflicts
         best = int(torch.argmin(plan_costs(states, batch_k, movable_k, self._field, g)["total"])) if k > 1 else 0
         actions, states = actions[best], states[best]
