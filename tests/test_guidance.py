@@ -1,6 +1,8 @@
 """Sampling-time guidance: the distance field, the plan costs, and that guided plans cost less."""
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import shapely
@@ -66,6 +68,21 @@ def test_plan_costs_clearance_and_targets_only():
            for y in (2.0, 4.0, 6.0)]
     assert off[0] == 0 < off[1] < off[2]
 
+
+
+def test_clearance_keeps_close_neighbours_from_closing_in_but_does_not_push_them_apart():
+    # two cars parked side by side 2.1 m apart (closer than their discs + margin): standing still
+    # costs nothing, closing in does
+    scene = head_on_scene()
+    y = np.array([0.0, 2.1])[:, None] + 0 * scene.traj.x
+    traj = Trajectories.from_states(np.zeros_like(y), y, np.zeros_like(y), np.zeros_like(y), [4.5, 4.5], [1.9, 1.9],
+                                    np.ones(y.shape, bool))
+    batch = make_agent_batch(dataclasses.replace(scene, traj=traj), 0, max_agents=2)
+    cfg = GuidanceConfig(horizon_steps=10)
+    movable = torch.tensor([[True, True]])
+    parked = plan_costs(_states((0.0, 0.0), (0.0, 2.1)), batch, movable, None, cfg)
+    closer = plan_costs(_states((0.0, 0.3), (0.0, 2.1)), batch, movable, None, cfg)
+    assert parked["clearance"].item() == 0 < closer["clearance"].item()
 
 def test_guided_plans_cost_less_than_unguided():
     """The shipped model's plans for two cars closing head-on in one lane, with and without guidance."""

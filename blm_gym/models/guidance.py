@@ -7,7 +7,9 @@ uses it. The costs are the differentiable twins of the collision and off-road me
 
 - **clearance**: every agent as 3 discs along its length that cover its box; for every pair with
   a *movable* agent (a vehicle the policy executes) and every planned step,
-  ``relu(r_i + r_j + margin - distance)^2`` summed over disc pairs, in m^2. Agents that are not movable
+  ``relu(min(r_i + r_j + margin, distance now) - distance)^2`` summed over disc pairs, in m^2: pairs
+  already closer than that (cars parked side by side) are only kept from closing in, not pushed
+  apart (pushing made parked cars creep into their neighbours). Agents that are not movable
   (pedestrians, whose plans are predictions the simulator does not execute) are targets only:
   their plans are detached, so a vehicle yields to a pedestrian rather than the other way round.
 - **off-road**: movable vehicles that start inside the drivable area pay
@@ -150,9 +152,12 @@ def plan_costs(states: torch.Tensor, batch: AgentBatch, movable: torch.Tensor, f
     cx, cy, radius = disc_cover(states[..., 0], states[..., 1], states[..., 2], length, width, 3)
     centres = torch.stack([cx, cy], -1)
     b, i, j = pairs.unbind(-1)
-    d = (centres[b, i][..., :, None, :] - centres[b, j][..., None, :, :]).norm(dim=-1)  # (P, F, 3, 3)
-    reach = (radius[b, i] + radius[b, j])[..., None, None] + config.clearance_margin_m
-    per_pair = (reach - d).clamp(min=0).pow(2).sum((-1, -2, -3))
+    gap = lambda c: (c[b, i][..., :, None, :] - c[b, j][..., None, :, :]).norm(dim=-1)  # noqa: E731
+    d = gap(centres)  # (P, F, 3, 3)
+    # wanted: touching + margin, but never more than the gap there is now (cars parked side by side)
+    now = torch.stack(disc_cover(*batch.state_world[..., :3].unbind(-1), *batch.extent.unbind(-1), 3)[:2], -1)
+    reach = torch.minimum((radius[b, i] + radius[b, j])[..., None] + config.clearance_margin_m, gap(now))  # (P, 3, 3)
+    per_pair = (reach[:, None] - d).clamp(min=0).pow(2).sum((-1, -2, -3))
     clearance = torch.zeros(states.shape[0], device=states.device).index_add(0, b, per_pair)
     offroad = offroad_costs(states, batch, movable, field, config).sum(-1)
     total = config.clearance_weight * clearance + config.offroad_weight * offroad
