@@ -31,7 +31,7 @@ METRICS = ("collision_rate_step", "collision_rate_any", "offroad_rate_step", "of
 
 
 def evaluate(dataset: str, policies: list[str], samples: int, horizon: float, checkpoints: dict[str, str | None],
-             seed: int = 0) -> dict:
+             seed: int = 0, freeze_agents: bool = False) -> dict:
     folder, ids = DATASETS[dataset]
     source = ScenarioNetSource(shared_data_dir() / folder, scene_ids=ids)
     ids = list(source.scene_ids)
@@ -42,7 +42,7 @@ def evaluate(dataset: str, policies: list[str], samples: int, horizon: float, ch
         t0 = time.perf_counter()
         k = 1 if label == "log" else samples
         rollouts = run_rollouts(source, lambda: make_policy(label, checkpoint=checkpoints.get(ckpt_key or label)),
-                                scene_ids=ids, samples=k, horizon_s=horizon, seed=seed)
+                                scene_ids=ids, samples=k, horizon_s=horizon, seed=seed, freeze_agents=freeze_agents)
         report = compute_report(rollouts, drivable)
         out[name] = {"sim": report["overall"]["sim"], "log": report["overall"]["log"],
                      "seconds": time.perf_counter() - t0, "samples": k}
@@ -68,10 +68,13 @@ def main() -> None:
     p.add_argument("--checkpoint", action="append", default=[], help="NAME=PATH (NAME 'blm' for plain 'blm')")
     p.add_argument("--samples", type=int, default=4)
     p.add_argument("--horizon", type=float, default=10.0)
+    p.add_argument("--freeze-agents", action="store_true",
+                   help="only the agents valid at the start take part (trajdata's freeze_agents, the tbsim/CTG set-up)")
     p.add_argument("--json", default=None, help="also write the full results here")
     args = p.parse_args()
     checkpoints = dict(c.split("=", 1) for c in args.checkpoint)
-    results = evaluate(args.dataset, args.policies.split(","), args.samples, args.horizon, checkpoints)
+    results = evaluate(args.dataset, args.policies.split(","), args.samples, args.horizon, checkpoints,
+                       freeze_agents=args.freeze_agents)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1, default=str))
     print(markdown(results))

@@ -21,7 +21,7 @@ def cmd_rollout(args) -> int:
     ids = list(source.scene_ids)
     rollouts = run_rollouts(source, lambda: make_policy(args.policy, checkpoint=args.checkpoint), scene_ids=ids,
                             samples=args.samples, start_step=args.start_step, horizon_s=args.horizon,
-                            controlled=args.controlled, seed=args.seed)
+                            controlled=args.controlled, seed=args.seed, freeze_agents=args.freeze_agents)
     config = {k: v for k, v in vars(args).items() if k != "func"}
     path = write_rollouts(args.out, rollouts, config)
     print(f"wrote {len(rollouts)} scene(s) x {args.samples} sample(s) to {path}")
@@ -135,6 +135,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--horizon", type=float, default=10.0, help="seconds")
     r.add_argument("--controlled", default="all_vehicles", help="all_vehicles | all | non_ego")
     r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--freeze-agents", action="store_true",
+                   help="only the agents valid at the start step take part; none enters later (trajdata/tbsim)")
     r.add_argument("--out", default="results/rollout.h5")
     r.add_argument("--render", action="store_true", help="also write one mp4 per scene and sample")
     r.add_argument("--render-size", type=int, default=600)

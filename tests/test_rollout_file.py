@@ -86,6 +86,17 @@ def test_runner_closed_loop(rollouts):
         run_rollouts(TinySource(), NoisyBraking, scene_ids=["zzz"], progress=False)
 
 
+
+def test_frozen_agents_keep_the_start_set_in_sim_and_log():
+    # the second car enters at step 20: from step 10 it joins unless the agents are frozen
+    entering, frozen = (run_rollouts(TinySource(), NoisyBraking, scene_ids=["a"], start_step=10, horizon_s=2.0,
+                                     freeze_agents=f, progress=False)[0] for f in (False, True))
+    assert entering.valid[0, 1, 10:].all() and entering.log.valid[1, 10:].all()
+    assert not frozen.valid[0, 1].any() and not frozen.log.valid[1].any()
+    assert frozen.valid[0, [0, 2]].all()  # the others stay as logged
+    report = compute_report([frozen], {"a": make_scene("a")})["overall"]
+    assert report["sim"]["collision_rate_any"]["total"] == report["log"]["collision_rate_any"]["total"] == 1  # the ego
+
 def test_round_trip_exact(rollouts, tmp_path):
     path = write_rollouts(tmp_path / "r.h5", rollouts, {"policy": "noisy-braking", "seed": 7})
     back, meta = read_rollouts(path)

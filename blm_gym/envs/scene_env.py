@@ -43,6 +43,7 @@ class EnvConfig:
     terminate_on_collision: bool = True
     terminate_on_offroad: bool = False
     ttc_horizon_s: float = 5.0
+    freeze_agents: bool = False  # only the agents valid at reset take part (blm_gym.sim.state.step)
 
 
 def _ego_frame(x, y, h, ox, oy, oh):
@@ -183,7 +184,8 @@ class SceneEnv(gym.Env):
         used = self._slots >= 0
         accel_yaw[self._slots[used]] = rows[used]
         self._prev_state = self.sim_state
-        self.sim_state = step(self.sim_state, Action(accel_yaw, replay), self.scene.traj, self.scene.dt)
+        self.sim_state = step(self.sim_state, Action(accel_yaw, replay), self.scene.traj, self.scene.dt,
+                              freeze_agents=self.config.freeze_agents)
         events = self._events()
         ego_failed = (events["collision"] and self.config.terminate_on_collision) or (
             events["offroad"] and self.config.terminate_on_offroad)
