@@ -178,7 +178,8 @@ def make_guide(decode: Callable[[torch.Tensor, torch.Tensor | None], torch.Tenso
     Only the *active* agents are decoded with gradient: the movable members of a candidate pair
     and the vehicles with an off-road cost. Every other agent gets a zero gradient at the first
     iteration, so its latent, plan and costs never change within the step: leaving it out is
-    exact. A step whose plans cost nothing returns ``x0_hat`` as it is (zero gradient too).
+    exact. A step whose plans cost nothing returns ``x0_hat`` as it is, and the iterations stop
+    once the cost is zero (zero gradient too).
     """
     if config.steps == 0:
         return None
@@ -203,6 +204,8 @@ def make_guide(decode: Callable[[torch.Tensor, torch.Tensor | None], torch.Tenso
                 xa = x[active].requires_grad_(True)
                 states = base.index_put((active,), decode(xa, active))
                 cost = plan_costs(states, batch, movable, field, config, pairs)["total"].sum()
+                if cost.item() == 0:  # resolved: zero gradient from here on
+                    break
                 (grad,) = torch.autograd.grad(cost, xa)
             # quadratic costs of deep overlaps have steep gradients: clip each agent's move
             delta = config.step_size * grad
