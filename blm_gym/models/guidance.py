@@ -178,8 +178,8 @@ def make_guide(decode: Callable[[torch.Tensor, torch.Tensor | None], torch.Tenso
     Only the *active* agents are decoded with gradient: the movable members of a candidate pair
     and the vehicles with an off-road cost. Every other agent gets a zero gradient at the first
     iteration, so its latent, plan and costs never change within the step: leaving it out is
-    exact. A step whose plans cost nothing returns ``x0_hat`` as it is, and the iterations stop
-    once the cost is zero (zero gradient too).
+    exact. Likewise a row (one scene sample) whose plans cost nothing has a zero gradient and is
+    done: a step without cost returns ``x0_hat`` as it is, and rows leave the iterations once resolved.
     """
     if config.steps == 0:
         return None
@@ -193,24 +193,27 @@ def make_guide(decode: Callable[[torch.Tensor, torch.Tensor | None], torch.Tenso
         base = decode(x, None).detach()  # every agent's plan as it enters this step
         scored = base[..., :config.horizon_steps:config.stride, :]
         pairs = candidate_pairs(scored, batch, movable)
-        if plan_costs(base, batch, movable, field, config, pairs)["total"].sum() == 0:
+        live = plan_costs(base, batch, movable, field, config, pairs)["total"] > 0  # (B,) rows with work
+        if not live.any():
             return x0_hat
         active = torch.zeros_like(movable)
         active[pairs[:, 0], pairs[:, 1]] = True
         active[pairs[:, 0], pairs[:, 2]] = True
-        active = (active & movable) | (offroad_costs(scored, batch, movable, field, config) > 0)
+        active = ((active & movable) | (offroad_costs(scored, batch, movable, field, config) > 0)) & live[:, None]
         for _ in range(config.iterations):
             with torch.enable_grad():
                 xa = x[active].requires_grad_(True)
                 states = base.index_put((active,), decode(xa, active))
-                cost = plan_costs(states, batch, movable, field, config, pairs)["total"].sum()
-                if cost.item() == 0:  # resolved: zero gradient from here on
+                cost = plan_costs(states, batch, movable, field, config, pairs)["total"]
+                live = (cost > 0) & active.any(-1)
+                if not live.any():  # resolved: zero gradient from here on
                     break
-                (grad,) = torch.autograd.grad(cost, xa)
+                (grad,) = torch.autograd.grad(cost[live].sum(), xa)
             # quadratic costs of deep overlaps have steep gradients: clip each agent's move
             delta = config.step_size * grad
             norm = delta.flatten(-2).norm(dim=-1)[..., None, None]
             x = x.index_put((active,), (xa - delta * (config.max_step / norm.clamp(min=config.max_step))).detach())
+            active &= live[:, None]  # a resolved row (sample) did not move, so it stays resolved
         return x
 
     return guide
