@@ -148,6 +148,13 @@ def test_sampling_interface():
         assert torch.isfinite(states).all()
         a1, s1 = model.decode(lat[:, 0], batch)
         torch.testing.assert_close(s1, states[:, 0])
+        # a subset of agents decodes to the same plans (the decoder is per agent)
+        some = batch.agent_mask.clone()
+        some[:, ::2] = False
+        _, s_some = model.decode(lat[:, 0][some], batch, agents=some)
+        torch.testing.assert_close(s_some, s1[some])
+        with pytest.raises(ValueError, match="agents must be a bool"):
+            model.decode(lat[:, 0], batch, agents=some)  # full latents with a mask
         # decoded world states start next to each agent's current world state
         step1 = (s1[..., 0, :2] - batch.state_world[..., :2]).norm(dim=-1)[batch.agent_mask]
         assert (step1 < 5.0).all()

@@ -184,6 +184,11 @@ class BLMModel(nn.Module):
         cond = ctx.vae_cond if ctx is not None else self.vae.context(batch)
         start, frame = batch.state_scene, batch.frame
         if agents is not None:
+            if agents.dtype != torch.bool or agents.shape != start.shape[:2] or latents.shape[0] != int(agents.sum()):
+                raise ValueError(f"decode: agents must be a bool {tuple(start.shape[:2])} mask (batch rows x agents) "
+                                 f"and latents its {int(agents.sum()) if agents.dtype == torch.bool else '?'} agents' "
+                                 f"(M, T', d), got agents {agents.dtype} {tuple(agents.shape)} and latents "
+                                 f"{tuple(latents.shape)}; pass full[agents] with the same mask")
             cond, start = cond[agents], start[agents]
             frame = frame[:, None].expand(*agents.shape, frame.shape[-1])[agents]
         elif latents.dim() == 5:  # (B, K, ...): broadcast the per-scene tensors over K

@@ -12,7 +12,8 @@ speed and heading (zero action).
 Sampling-time guidance (``guidance``, default on; ``GuidanceConfig(steps=0)`` and
 ``candidates=1`` give the bare model): the last DDIM steps are nudged down the gradient of the
 clearance and off-road costs of the decoded plans; only the vehicles this policy executes are
-moved, the other road users' planned futures are the obstacles.
+moved. The obstacles are the other vehicles' planned futures and, for pedestrians, cyclists and
+static obstacles (whose motion the VAE never learnt), a constant-velocity prediction.
 
 Standstill hold (a real controller's brake hold): an agent that stands (speed below
 ``standstill_speed``) and whose plan stays below that speed for the next ``standstill_hold_s``
