@@ -14,11 +14,14 @@ import json
 import time
 from pathlib import Path
 
+import numpy as np
+
 from blm_gym.data.scenarionet import ScenarioNetSource
 from blm_gym.data.source import shared_data_dir
 from blm_gym.metrics.report import compute_report
 from blm_gym.policies import make_policy
 from blm_gym.rollout.runner import load_scene, run_rollouts
+from blm_gym.sim.state import ENTRY_CHECK_S
 
 DATASETS = {  # name -> (folder under the shared data, scene ids or None for all)
     "nuscenes-val": ("nuscenes-mini", ["scene-0103", "scene-0916"]),
@@ -30,8 +33,25 @@ METRICS = ("collision_rate_step", "collision_rate_any", "offroad_rate_step", "of
            "fdd_m", "min_ade_m", "min_fde_m")
 
 
+def entry_counts(rollouts) -> dict[str, int]:
+    """Logged entries (a track appearing after the first step, per sample) and how many of them the
+    entry check made wait or kept out for the rest of that track (:func:`blm_gym.sim.state.step`)."""
+    logged = waited = kept_out = 0
+    for r in rollouts:
+        appears = r.log.valid[:, 1:] & ~r.log.valid[:, :-1]  # (N, T - 1)
+        for i, t in zip(*np.nonzero(appears)):
+            t += 1
+            end = t + np.argmin(np.append(r.log.valid[i, t:], False))  # this logged stretch: [t, end)
+            for k in range(r.num_samples):
+                joined = r.valid[k, i, t:end]
+                logged += 1
+                waited += bool(not joined[0])
+                kept_out += bool(not joined.any())
+    return {"logged": logged, "waited": waited, "kept_out": kept_out}
+
+
 def evaluate(dataset: str, policies: list[str], samples: int, horizon: float, checkpoints: dict[str, str | None],
-             seed: int = 0, freeze_agents: bool = False) -> dict:
+             seed: int = 0, freeze_agents: bool = False, entry_check_s: float = ENTRY_CHECK_S) -> dict:
     folder, ids = DATASETS[dataset]
     source = ScenarioNetSource(shared_data_dir() / folder, scene_ids=ids)
     ids = list(source.scene_ids)
@@ -42,10 +62,11 @@ def evaluate(dataset: str, policies: list[str], samples: int, horizon: float, ch
         t0 = time.perf_counter()
         k = 1 if label == "log" else samples
         rollouts = run_rollouts(source, lambda: make_policy(label, checkpoint=checkpoints.get(ckpt_key or label)),
-                                scene_ids=ids, samples=k, horizon_s=horizon, seed=seed, freeze_agents=freeze_agents)
+                                scene_ids=ids, samples=k, horizon_s=horizon, seed=seed, freeze_agents=freeze_agents,
+                                entry_check_s=entry_check_s)
         report = compute_report(rollouts, drivable)
         out[name] = {"sim": report["overall"]["sim"], "log": report["overall"]["log"],
-                     "seconds": time.perf_counter() - t0, "samples": k}
+                     "seconds": time.perf_counter() - t0, "samples": k, "entries": entry_counts(rollouts)}
     return out
 
 
@@ -70,15 +91,19 @@ def main() -> None:
     p.add_argument("--horizon", type=float, default=10.0)
     p.add_argument("--freeze-agents", action="store_true",
                    help="only the agents valid at the start take part (trajdata's freeze_agents, the tbsim/CTG set-up)")
+    p.add_argument("--entry-check-s", type=float, default=ENTRY_CHECK_S,
+                   help="horizon of the newcomers' entry check (blm_gym.sim.state.step; 0: spawn regardless)")
     p.add_argument("--json", default=None, help="also write the full results here")
     args = p.parse_args()
     checkpoints = dict(c.split("=", 1) for c in args.checkpoint)
     results = evaluate(args.dataset, args.policies.split(","), args.samples, args.horizon, checkpoints,
-                       freeze_agents=args.freeze_agents)
+                       freeze_agents=args.freeze_agents, entry_check_s=args.entry_check_s)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1, default=str))
     print(markdown(results))
-    print("\nseconds per policy: " + ", ".join(f"{n}={r['seconds']:.1f}" for n, r in results.items()))
+    print("\nentries (logged / waited / kept out): " + ", ".join(
+        f"{n}={r['entries']['logged']}/{r['entries']['waited']}/{r['entries']['kept_out']}" for n, r in results.items()))
+    print("seconds per policy: " + ", ".join(f"{n}={r['seconds']:.1f}" for n, r in results.items()))
 
 
 if __name__ == "__main__":

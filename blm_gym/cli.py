@@ -21,7 +21,8 @@ def cmd_rollout(args) -> int:
     ids = list(source.scene_ids)
     rollouts = run_rollouts(source, lambda: make_policy(args.policy, checkpoint=args.checkpoint), scene_ids=ids,
                             samples=args.samples, start_step=args.start_step, horizon_s=args.horizon,
-                            controlled=args.controlled, seed=args.seed, freeze_agents=args.freeze_agents)
+                            controlled=args.controlled, seed=args.seed, freeze_agents=args.freeze_agents,
+                            entry_check_s=args.entry_check_s)
     config = {k: v for k, v in vars(args).items() if k != "func"}
     path = write_rollouts(args.out, rollouts, config)
     print(f"wrote {len(rollouts)} scene(s) x {args.samples} sample(s) to {path}")
@@ -93,6 +94,8 @@ def cmd_demo(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from blm_gym.sim.state import ENTRY_CHECK_S  # numpy only: keeps `blm-gym --help` fast
+
     p = argparse.ArgumentParser(prog="blm-gym", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -137,6 +140,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--freeze-agents", action="store_true",
                    help="only the agents valid at the start step take part; none enters later (trajdata/tbsim)")
+    r.add_argument("--entry-check-s", type=float, default=ENTRY_CHECK_S,
+                   help="a newcomer waits while its logged state would reach a simulated agent sooner than in "
+                        "the log within this many seconds (0: spawn regardless)")
     r.add_argument("--out", default="results/rollout.h5")
     r.add_argument("--render", action="store_true", help="also write one mp4 per scene and sample")
     r.add_argument("--render-size", type=int, default=600)

@@ -145,6 +145,8 @@ def test_scene_without_vehicles_is_skipped_with_warning(tiny_scene_factory):
     assert ids == {"with-car"}
     for _ in range(10):
         env.step(np.zeros(2, np.float32))
+    with pytest.raises(ValueError, match="entry_check_s must be >= 0"):
+        SceneEnv(_TinySource(tiny_scene_factory), config=EnvConfig(entry_check_s=-2.0))
 
 
 def test_check_env_nuscenes_raw_via_trajdata(tmp_path):

@@ -11,6 +11,7 @@ from blm_gym.data.scene import Trajectories
 from blm_gym.sim.kinematics import (
     DEFAULT_BOUNDS, ActionBounds, actions_from_states, unicycle_rollout, unicycle_step,
 )
+from blm_gym.sim.geometry import boxes_overlap
 from blm_gym.sim.state import Action, SimState, step
 
 torch.set_num_threads(1)
@@ -151,6 +152,52 @@ def test_frozen_agents_never_enter_but_still_leave():
     assert spawning.valid[0] and spawning.valid[1]  # re-entered / entered at their logged states
     assert not frozen.valid[0] and not frozen.valid[1]  # not valid at step 0 without a gap: never joins
     assert not frozen.valid[2] and frozen.valid[3]  # agent 2 left as the log says; agent 3 stayed
+
+def lagging_leader_log(steps: int = 40) -> Trajectories:
+    """Two cars on one lane at 10 m/s: car 0 from x = 0, car 1 enters at step 5 where car 0
+    was 3 s earlier (15 m behind it in the log)."""
+    t = np.arange(steps) * DT
+    x = np.stack([10 * t, 10 * t - 15])
+    valid = np.ones((2, steps), bool)
+    valid[1, :5] = False
+    zeros = np.zeros_like(x)
+    return Trajectories.from_states(x, zeros, zeros, np.full_like(x, 10.0), [4.5, 4.5], [1.8, 1.8], valid)
+
+
+def test_newcomer_waits_while_a_simulated_agent_blocks_its_spawn():
+    log = lagging_leader_log()
+    brake = Action(np.array([[-10.0, 0.0], [0.0, 0.0]], np.float32), np.zeros(2, bool))  # car 0 stops at ~5 m
+    runs = {}
+    for check in (0.0, 2.0):
+        state, states = SimState.from_log(log, 0), []
+        for _ in range(1, log.num_steps):
+            state = step(state, brake, log, DT, entry_check_s=check)
+            states.append(state)
+        runs[check] = states
+    hits = lambda states: [boxes_overlap(s.x, s.y, s.heading, log.length, log.width, s.valid)[0, 1]  # noqa: E731
+                           for s in states]
+    # unchecked, car 1 appears at step 5, 9 m behind the car that stopped instead of 15 m behind the
+    # one that drove on, closing at 10 m/s: it runs into it
+    assert runs[0.0][4].valid[1] and any(hits(runs[0.0]))
+    checked = runs[2.0]
+    enter = next(s for s in checked if s.valid[1])
+    assert enter.step > 5  # it waited for the way to clear ...
+    assert (enter.x[1], enter.speed[1]) == (log.x[1, enter.step], log.speed[1, enter.step])  # ... at its log
+    assert enter.x[1] - enter.x[0] > 4.5  # ahead of the stopped car and driving away from it
+    assert not any(hits(checked))
+
+
+def test_entry_check_leaves_log_replay_alone():
+    log = lagging_leader_log()
+    replay = Action(np.zeros((2, 2), np.float32), np.ones(2, bool))
+    state = SimState.from_log(log, 0)
+    for t in range(1, log.num_steps):
+        state = step(state, replay, log, DT)
+        np.testing.assert_array_equal(state.valid, log.valid[:, t])
+    with pytest.raises(ValueError, match="entry_check_s must be >= 0"):
+        step(state if state.step < log.num_steps - 1 else SimState.from_log(log, 0), replay, log, DT,
+             entry_check_s=-1.0)
+
 
 def test_rollout_equals_stepping_through_clips_and_broadcasts():
     # braking through zero speed, accelerations and yaw rates beyond the bounds, and one start

@@ -84,6 +84,8 @@ def test_runner_closed_loop(rollouts):
         run_rollouts(TinySource(), NoisyBraking, scene_ids=["b"], start_step=50, progress=False)
     with pytest.raises(KeyError, match="'zzz' is not in source 'tiny'"):
         run_rollouts(TinySource(), NoisyBraking, scene_ids=["zzz"], progress=False)
+    with pytest.raises(ValueError, match="entry_check_s must be >= 0"):  # reaches the simulator's step
+        run_rollouts(TinySource(), NoisyBraking, scene_ids=["a"], entry_check_s=-1.0, progress=False)
 
 
 

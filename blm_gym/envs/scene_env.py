@@ -19,7 +19,7 @@ from blm_gym.data.source import SceneSource
 from blm_gym.policies.base import Policy
 from blm_gym.sim import geometry, ttc
 from blm_gym.sim.kinematics import DEFAULT_BOUNDS, wrap_angle
-from blm_gym.sim.state import Action, SimState, step
+from blm_gym.sim.state import ENTRY_CHECK_S, Action, SimState, step
 
 AGENT_FEATURES = 8  # dx, dy, cos dh, sin dh, vx, vy (ego frame), length, width
 
@@ -44,6 +44,7 @@ class EnvConfig:
     terminate_on_offroad: bool = False
     ttc_horizon_s: float = 5.0
     freeze_agents: bool = False  # only the agents valid at reset take part (blm_gym.sim.state.step)
+    entry_check_s: float = ENTRY_CHECK_S  # newcomers wait while their spawn conflicts (blm_gym.sim.state.step); 0: off
 
 
 def _ego_frame(x, y, h, ox, oy, oh):
@@ -76,6 +77,9 @@ class SceneEnv(gym.Env):
                  render_config=None):
         if config.control not in ("ego", "all"):
             raise ValueError(f"control must be 'ego' or 'all', got {config.control!r}")
+        if config.entry_check_s < 0:
+            raise ValueError(f"entry_check_s must be >= 0 seconds (0 turns the entry check off), got "
+                             f"{config.entry_check_s}")
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
             raise ValueError(f"render_mode must be one of {self.metadata['render_modes']} or None, got {render_mode!r}")
         self.source = source
@@ -185,7 +189,7 @@ class SceneEnv(gym.Env):
         accel_yaw[self._slots[used]] = rows[used]
         self._prev_state = self.sim_state
         self.sim_state = step(self.sim_state, Action(accel_yaw, replay), self.scene.traj, self.scene.dt,
-                              freeze_agents=self.config.freeze_agents)
+                              freeze_agents=self.config.freeze_agents, entry_check_s=self.config.entry_check_s)
         events = self._events()
         ego_failed = (events["collision"] and self.config.terminate_on_collision) or (
             events["offroad"] and self.config.terminate_on_offroad)

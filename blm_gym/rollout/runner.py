@@ -11,7 +11,7 @@ from blm_gym.data.scene import AgentType, Scene
 from blm_gym.data.source import SceneSource
 from blm_gym.policies.base import Policy
 from blm_gym.rollout.record import Rollout
-from blm_gym.sim.state import Action, SimState, step
+from blm_gym.sim.state import ENTRY_CHECK_S, Action, SimState, step
 
 DEFAULT_START_STEP = 30  # 3 s of history at dt 0.1, so models have context
 CONTROLLED_CHOICES = ("all_vehicles", "all", "non_ego")
@@ -48,9 +48,10 @@ def controlled_mask(scene: Scene, controlled: str | np.ndarray) -> np.ndarray:
 
 
 def simulate(scene: Scene, policy: Policy, controlled: np.ndarray, start_step: int, num_steps: int,
-             rng: np.random.Generator, freeze_agents: bool = False) -> tuple[np.ndarray, np.ndarray]:
+             rng: np.random.Generator, freeze_agents: bool = False, entry_check_s: float = ENTRY_CHECK_S
+             ) -> tuple[np.ndarray, np.ndarray]:
     """One closed-loop episode of ``num_steps`` steps from the logged state at ``start_step``
-    (``freeze_agents``: see :func:`blm_gym.sim.state.step`).
+    (``freeze_agents``, ``entry_check_s``: see :func:`blm_gym.sim.state.step`).
 
     Returns states ``(4, N, num_steps + 1)`` (x, y, heading, speed; index 0 is the initial state)
     and validity ``(N, num_steps + 1)``.
@@ -71,7 +72,7 @@ def simulate(scene: Scene, policy: Policy, controlled: np.ndarray, start_step: i
         # Rows of agents the policy does not control are ignored: those agents replay the log.
         action = Action(np.where(controlled[:, None], action.accel_yaw, 0.0).astype(np.float32),
                         action.replay_log | ~controlled)
-        state = step(state, action, log, scene.dt, freeze_agents=freeze_agents)
+        state = step(state, action, log, scene.dt, freeze_agents=freeze_agents, entry_check_s=entry_check_s)
         record(t, state)
     return states, valid
 
@@ -79,7 +80,7 @@ def simulate(scene: Scene, policy: Policy, controlled: np.ndarray, start_step: i
 def run_rollouts(source: SceneSource, policy_factory: Callable[[], Policy], *, scene_ids: Sequence[str],
                  samples: int = 1, start_step: int = DEFAULT_START_STEP, horizon_s: float = 10.0,
                  controlled: str | np.ndarray = "all_vehicles", seed: int = 0, freeze_agents: bool = False,
-                 progress: bool = True) -> list[Rollout]:
+                 entry_check_s: float = ENTRY_CHECK_S, progress: bool = True) -> list[Rollout]:
     """Roll ``policy_factory()`` out closed loop on each scene ``samples`` times.
 
     The factory is called once; its policy is reset for every (scene, sample) with a generator
@@ -89,7 +90,8 @@ def run_rollouts(source: SceneSource, policy_factory: Callable[[], Policy], *, s
 
     ``freeze_agents``: only the agents valid at ``start_step`` take part (:func:`~blm_gym.sim.state.step`);
     the rollout's log then holds just those tracks too (valid until their first gap), so the
-    metrics on the log describe the same agents.
+    metrics on the log describe the same agents. ``entry_check_s``: the newcomers' entry check
+    (:func:`~blm_gym.sim.state.step`); the log keeps every logged track.
     """
     if samples < 1:
         raise ValueError(f"samples must be >= 1, got {samples}")
@@ -110,7 +112,7 @@ def run_rollouts(source: SceneSource, policy_factory: Callable[[], Policy], *, s
         runs = []
         for k in range(samples):
             runs.append(simulate(scene, policy, mask, start_step, num_steps, np.random.default_rng([seed, pos, k]),
-                                 freeze_agents))
+                                 freeze_agents, entry_check_s))
             bar.update()
         states = np.stack([s for s, _ in runs])  # (K, 4, N, T)
         log = scene.traj.select(steps=slice(start_step, start_step + num_steps + 1))

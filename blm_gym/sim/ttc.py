@@ -61,8 +61,9 @@ def time_to_collision(x, y, vx, vy, length, width, valid, horizon: float = DEFAU
     c = px**2 + py**2 - r_sum**2
     disc = b * b - a * c
     closing = (b < 0) & (disc >= 0)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        # Stable form of the smaller root (-b - sqrt(disc)) / a; denominator > 0 where closing.
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        # Stable form of the smaller root (-b - sqrt(disc)) / a; denominator > 0 where closing
+        # (barely closing pairs overflow to inf: no contact within any horizon).
         t = np.where(closing, c / (-b + np.sqrt(np.where(closing, disc, 0.0))), np.inf)
     t = np.where(c <= 0, 0.0, t).min(axis=(-2, -1))
     t = np.where(t <= horizon, t, np.inf)
