@@ -141,8 +141,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--freeze-agents", action="store_true",
                    help="only the agents valid at the start step take part; none enters later (trajdata/tbsim)")
     r.add_argument("--entry-check-s", type=float, default=ENTRY_CHECK_S,
-                   help="a newcomer waits while its logged state would reach a simulated agent sooner than in "
-                        "the log within this many seconds (0: spawn regardless)")
+                   help="a newcomer waits while its logged box would overlap a simulated agent, or reach one "
+                        "sooner than in the log, within this many seconds (0: spawn regardless)")
     r.add_argument("--out", default="results/rollout.h5")
     r.add_argument("--render", action="store_true", help="also write one mp4 per scene and sample")
     r.add_argument("--render-size", type=int, default=600)

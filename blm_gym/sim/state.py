@@ -11,7 +11,7 @@ from blm_gym.sim.geometry import boxes_overlap
 from blm_gym.sim.kinematics import DEFAULT_BOUNDS, ActionBounds, unicycle_step
 from blm_gym.sim.ttc import time_to_collision
 
-ENTRY_CHECK_S = 2.0  # default horizon of the entry check (see step)
+ENTRY_CHECK_S = 3.0  # default horizon of the entry check (see step): a common critical time to collision
 ENTRY_SLACK_S = 0.1  # "sooner" means by more than this, so float noise on parked cars does not count
 
 
