@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from blm_gym.data.scene import Trajectories
+from blm_gym.sim.geometry import boxes_overlap
 from blm_gym.sim.kinematics import (
     DEFAULT_BOUNDS, ActionBounds, actions_from_states, unicycle_rollout, unicycle_step,
 )
-from blm_gym.sim.geometry import boxes_overlap
 from blm_gym.sim.state import Action, SimState, step
 
 torch.set_num_threads(1)
@@ -153,9 +153,10 @@ def test_frozen_agents_never_enter_but_still_leave():
     assert not frozen.valid[0] and not frozen.valid[1]  # not valid at step 0 without a gap: never joins
     assert not frozen.valid[2] and frozen.valid[3]  # agent 2 left as the log says; agent 3 stayed
 
+
 def lagging_leader_log(steps: int = 40) -> Trajectories:
     """Two cars on one lane at 10 m/s: car 0 from x = 0, car 1 enters at step 5 where car 0
-    was 3 s earlier (15 m behind it in the log)."""
+    was 1.5 s earlier (15 m behind it in the log)."""
     t = np.arange(steps) * DT
     x = np.stack([10 * t, 10 * t - 15])
     valid = np.ones((2, steps), bool)
@@ -194,9 +195,9 @@ def test_entry_check_leaves_log_replay_alone():
     for t in range(1, log.num_steps):
         state = step(state, replay, log, DT)
         np.testing.assert_array_equal(state.valid, log.valid[:, t])
-    with pytest.raises(ValueError, match="entry_check_s must be >= 0"):
-        step(state if state.step < log.num_steps - 1 else SimState.from_log(log, 0), replay, log, DT,
-             entry_check_s=-1.0)
+    for bad in (-1.0, float("nan")):
+        with pytest.raises(ValueError, match="entry_check_s must be >= 0"):
+            step(SimState.from_log(log, 0), replay, log, DT, entry_check_s=bad)
 
 
 def test_rollout_equals_stepping_through_clips_and_broadcasts():

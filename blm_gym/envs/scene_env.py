@@ -19,7 +19,7 @@ from blm_gym.data.source import SceneSource
 from blm_gym.policies.base import Policy
 from blm_gym.sim import geometry, ttc
 from blm_gym.sim.kinematics import DEFAULT_BOUNDS, wrap_angle
-from blm_gym.sim.state import ENTRY_CHECK_S, Action, SimState, step
+from blm_gym.sim.state import ENTRY_CHECK_S, Action, SimState, check_entry_check_s, step
 
 AGENT_FEATURES = 8  # dx, dy, cos dh, sin dh, vx, vy (ego frame), length, width
 
@@ -77,9 +77,7 @@ class SceneEnv(gym.Env):
                  render_config=None):
         if config.control not in ("ego", "all"):
             raise ValueError(f"control must be 'ego' or 'all', got {config.control!r}")
-        if config.entry_check_s < 0:
-            raise ValueError(f"entry_check_s must be >= 0 seconds (0 turns the entry check off), got "
-                             f"{config.entry_check_s}")
+        check_entry_check_s(config.entry_check_s)  # fail at construction, not at the first step
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
             raise ValueError(f"render_mode must be one of {self.metadata['render_modes']} or None, got {render_mode!r}")
         self.source = source

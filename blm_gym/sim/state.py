@@ -67,6 +67,13 @@ class Action:
         return Action(np.zeros((num_agents, 2), np.float32), np.zeros(num_agents, bool))
 
 
+def check_entry_check_s(entry_check_s: float) -> None:
+    """Raise a clear error unless ``entry_check_s`` (the entry check's horizon, s) is a number >= 0."""
+    if not entry_check_s >= 0:  # also catches NaN
+        raise ValueError(f"entry_check_s must be >= 0 seconds, a number (0 turns the entry check off), "
+                         f"got {entry_check_s}")
+
+
 def entry_conflicts(x, y, heading, speed, log: Trajectories, step: int, entering: np.ndarray,
                     present: np.ndarray, horizon_s: float) -> np.ndarray:
     """Bool ``(N,)``: the ``entering`` agents whose logged state at ``step`` is worse placed among
@@ -89,10 +96,9 @@ def entry_conflicts(x, y, heading, speed, log: Trajectories, step: int, entering
     xs, ys, hs = worlds(log.x[:, step], x), worlds(log.y[:, step], y), worlds(log.heading[:, step], heading)
     vs = worlds(log.speed[:, step], speed)
     length, width = log.length[rows], log.width[rows]
-    everyone = np.ones(xs.shape, bool)
-    ttc = time_to_collision(xs, ys, vs * np.cos(hs), vs * np.sin(hs), length, width, everyone, horizon_s,
+    ttc = time_to_collision(xs, ys, vs * np.cos(hs), vs * np.sin(hs), length, width, True, horizon_s,
                             heading=hs, num_discs=3)[:, :len(e), len(e):]  # (2, E, P)
-    overlap = boxes_overlap(xs, ys, hs, length, width, everyone)[:, :len(e), len(e):]
+    overlap = boxes_overlap(xs, ys, hs, length, width, True)[:, :len(e), len(e):]
     conflict[e] = ((overlap[1] & ~overlap[0]) | (ttc[1] < ttc[0] - ENTRY_SLACK_S)).any(axis=1)
     return conflict
 
@@ -107,14 +113,13 @@ def step(state: SimState, action: Action, log: Trajectories, dt: float,
     spawned at its logged state. Entry check (SUMO-style insertion, ``entry_check_s`` > 0): the
     simulated agents may no longer be where the log has them, so a newcomer waits (stays
     invalid) while its logged box would overlap one of them, or reach one sooner than it reached
-    that agent in the log (:func:`entry_conflicts`); it enters at a later step's logged state once the way is
-    clear, or never. ``entry_check_s`` 0 spawns every newcomer wherever the simulated agents are.
+    that agent in the log (:func:`entry_conflicts`); it enters at a later step's logged state once
+    the way is clear, or never. ``entry_check_s`` 0 spawns every newcomer wherever the simulated agents are.
     With ``freeze_agents`` nobody enters: the agents valid now are all there will be (trajdata's
     ``SimulationScene(freeze_agents=True)``, the set-up of tbsim/CTG closed-loop metrics), so a
     logged track that appears later, or reappears after a gap, never joins.
     """
-    if entry_check_s < 0:
-        raise ValueError(f"step: entry_check_s must be >= 0 seconds (0 turns the entry check off), got {entry_check_s}")
+    check_entry_check_s(entry_check_s)
     t1 = state.step + 1
     if t1 >= log.num_steps:
         raise ValueError(f"step: the log has {log.num_steps} steps; cannot step past step {state.step}")
