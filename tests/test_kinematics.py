@@ -200,6 +200,29 @@ def test_entry_check_leaves_log_replay_alone():
             step(SimState.from_log(log, 0), replay, log, DT, entry_check_s=bad)
 
 
+def test_rollout_closed_form_of_the_zero_clip_equals_stepping():
+    # cars that brake to a stand, stay there while braking on, and pull away again (no max-speed
+    # clip, so the rollout takes the closed form, not the loop), with gradients like the loop's
+    rng = np.random.default_rng(3)
+    n, steps = 6, 40
+    accel = np.where(np.arange(steps) < 20, -4.0, 3.0) + rng.normal(0, 0.5, (n, steps))
+    actions = torch.tensor(np.stack([accel, rng.normal(0, 0.2, (n, steps))], -1), requires_grad=True)
+    init = [torch.tensor(rng.uniform(-5, 5, n)) for _ in range(3)] + [torch.tensor(rng.uniform(0, 6, n))]
+    out = unicycle_rollout(*init, actions, DT)
+    state, loop = tuple(init), []
+    for t in range(steps):
+        state = unicycle_step(*state, actions[:, t, 0], actions[:, t, 1], DT)
+        loop.append(torch.stack(state, -1))
+    loop = torch.stack(loop, 1)
+    assert (loop[..., 3] == 0).sum() > n and (loop[..., 3] > 0).all(-1).logical_not().all()
+    torch.testing.assert_close(out, loop, rtol=0, atol=1e-9)
+    assert (out[..., 3] == 0).sum() == (loop[..., 3] == 0).sum()  # a stand is exactly 0 m/s
+    weights = torch.tensor(rng.normal(size=out.shape))
+    (g_out,) = torch.autograd.grad((out * weights).sum(), actions)
+    (g_loop,) = torch.autograd.grad((loop * weights).sum(), actions)
+    torch.testing.assert_close(g_out, g_loop, rtol=0, atol=1e-9)
+
+
 def test_rollout_equals_stepping_through_clips_and_broadcasts():
     # braking through zero speed, accelerations and yaw rates beyond the bounds, and one start
     # state shared by K samples (the closed-loop policy's layout): the rollout must be the loop

@@ -52,18 +52,16 @@ def unicycle_rollout(x0, y0, heading0, speed0, actions, dt: float, bounds: Actio
     """Integrate action sequences ``(..., T, 2)`` from initial states ``(...)`` (broadcast).
 
     Returns states ``(..., T, 4)`` = (x, y, heading, speed) *after* each action: the same
-    arithmetic as ``T`` calls of :func:`unicycle_step`, but heading and position are running sums
-    (``cumsum`` adds in the same order as the loop), so only the clipped speed is stepped one at a
-    time: the guidance backpropagates through this, and a short graph is what makes it fast.
+    arithmetic as ``T`` calls of :func:`unicycle_step` up to rounding, without a loop over ``T``
+    (guidance backpropagates through this, and a short graph is what makes it fast): heading and
+    position are running sums (``cumsum`` adds in the same order as the loop), and the speed is
+    the closed form of the clip at 0 (the Lindley recursion ``s_t = max(0, s_{t-1} + u_t)`` is
+    ``S_t - min(0, min_{k <= t} S_k)`` with ``S`` the unclipped running sum). Only when a plan
+    reaches ``max_speed`` is the speed stepped one at a time.
     """
     xp = array_module(actions)
     accel = xp.clip(actions[..., 0], bounds.min_accel, bounds.max_accel)
     yaw_rate = xp.clip(actions[..., 1], -bounds.max_yaw_rate, bounds.max_yaw_rate)
-    speeds, speed = [], speed0
-    for t in range(actions.shape[-2]):
-        speed = xp.clip(speed + accel[..., t] * dt, 0.0, bounds.max_speed)
-        speeds.append(speed)
-    speed = xp.stack(speeds, -1)
 
     def running_sum(start, increments):
         shape = np.broadcast_shapes(tuple(start.shape), tuple(increments.shape[:-1]))
@@ -71,6 +69,15 @@ def unicycle_rollout(x0, y0, heading0, speed0, actions, dt: float, bounds: Actio
         increments = xp.broadcast_to(increments, shape + tuple(increments.shape[-1:]))
         return xp.cumsum(xp.concatenate([start, increments], -1), -1)[..., 1:]
 
+    unclipped = running_sum(speed0, accel * dt)
+    running_min = xp.cummin(unclipped, -1).values if xp is not np else np.minimum.accumulate(unclipped, -1)
+    speed = unclipped - xp.clip(running_min, None, 0.0)
+    if (speed > bounds.max_speed).any():  # two-sided clip: no closed form, step it
+        speeds, s = [], speed0
+        for t in range(actions.shape[-2]):
+            s = xp.clip(s + accel[..., t] * dt, 0.0, bounds.max_speed)
+            speeds.append(s)
+        speed = xp.stack(speeds, -1)
     heading = running_sum(heading0, yaw_rate * dt)
     x = running_sum(x0, speed * xp.cos(heading) * dt)
     y = running_sum(y0, speed * xp.sin(heading) * dt)
