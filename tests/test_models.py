@@ -155,6 +155,13 @@ def test_sampling_interface():
         torch.testing.assert_close(s_some, s1[some])
         with pytest.raises(ValueError, match="agents must be a bool"):
             model.decode(lat[:, 0], batch, agents=some)  # full latents with a mask
+        # a horizon decodes only the latents its actions depend on, and gives the same plans
+        for horizon in (1, 30, 37):
+            a_h, s_h = model.decode(lat[:, 0], batch, horizon=horizon)
+            assert a_h.shape[-2] == s_h.shape[-2] == horizon
+            torch.testing.assert_close(a_h, a1[..., :horizon, :])
+            torch.testing.assert_close(s_h, s1[..., :horizon, :])
+        assert model.vae.latents_needed(30) == 11 and model.vae.latents_needed(52) > 13
         # decoded world states start next to each agent's current world state
         step1 = (s1[..., 0, :2] - batch.state_world[..., :2]).norm(dim=-1)[batch.agent_mask]
         assert (step1 < 5.0).all()

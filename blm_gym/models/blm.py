@@ -175,8 +175,9 @@ class BLMModel(nn.Module):
     def decode(self, latents: torch.Tensor, batch: AgentBatch, ctx: SceneContext | None = None,
                horizon: int | None = None, agents: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Normalised latents ``(B, [K,] N, T', d)`` -> actions ``(B, [K,] N, F, 2)`` and world states
-        ``(B, [K,] N, F, 4)`` (x, y, heading, speed after each action); ``horizon``: integrate only
-        the first that many actions (states ``(..., horizon, 4)``; guidance looks no further).
+        ``(B, [K,] N, F, 4)`` (x, y, heading, speed after each action); ``horizon``: decode and
+        integrate only the first that many actions (``(..., horizon, 2)`` and ``(..., horizon, 4)``,
+        from the latents they depend on; guidance looks no further).
 
         ``agents``: bool ``(B, N)``; then ``latents`` are only those ``M`` agents' ``(M, T', d)``
         (``full[agents]``) and so are the outputs, ``(M, F, 2)`` and ``(M, F, 4)``: the decoder
@@ -195,7 +196,7 @@ class BLMModel(nn.Module):
             cond, start, frame = cond[:, None], start[:, None], frame[:, None]
             k = latents.shape[1]
             cond = cond.expand(-1, k, -1, -1)
-        actions = self.vae.decode_actions(latents * self.latent_scale, cond)
-        states = self.rollout(actions[..., :horizon, :], start)
+        actions = self.vae.decode_actions(latents * self.latent_scale, cond, horizon)
+        states = self.rollout(actions, start)
         x, y, h = to_world_frame(states[..., 0], states[..., 1], states[..., 2], frame)
         return actions, torch.stack([x, y, h, states[..., 3]], -1)

@@ -92,11 +92,26 @@ class ActionVAE(nn.Module):
         mean, logvar = self.encoder(x).transpose(1, 2).chunk(2, dim=-1)
         return mean.reshape(*lead, *mean.shape[1:]), logvar.clamp(-10, 5).reshape(*lead, *mean.shape[1:])
 
-    def decode_actions(self, z: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-        """Latents ``(..., T', d)`` + context ``(..., C)`` -> physical actions ``(..., F, 2)``."""
+    def latents_needed(self, steps: int) -> int:
+        """How many leading latent steps the first ``steps`` decoded actions depend on (walking the
+        decoder's receptive field back from action ``steps - 1``): decoding only those is exact."""
+        last = steps - 1
+        convs = [m for m in (self.dec_in, *self.up1, *self.up2) if isinstance(m, (nn.Conv1d, nn.ConvTranspose1d))]
+        for conv in reversed(convs):
+            (k,), (s,), (p,) = conv.kernel_size, conv.stride, conv.padding
+            # ConvTranspose: output o reads inputs i with o + p - s * i in [0, k); Conv: the reverse
+            last = (last + p) // s if isinstance(conv, nn.ConvTranspose1d) else last * s - p + k - 1
+        return last + 1
+
+    def decode_actions(self, z: torch.Tensor, cond: torch.Tensor, steps: int | None = None) -> torch.Tensor:
+        """Latents ``(..., T', d)`` + context ``(..., C)`` -> physical actions ``(..., F, 2)``;
+        ``steps``: only the first that many actions ``(..., steps, 2)``, decoded from the latents
+        they depend on (:meth:`latents_needed`; guidance scores 3 s of a 5.2 s plan)."""
+        if steps is not None:
+            z = z[..., :min(self.latents_needed(steps), z.shape[-2]), :]
         lead = z.shape[:-2]
         z = z.reshape(-1, *z.shape[-2:]).transpose(1, 2)
         cond = cond.reshape(-1, cond.shape[-1], 1)
         h = self.up1(self.dec_in(z) + cond)
-        a = self.up2(h + cond).transpose(1, 2)
+        a = self.up2(h + cond).transpose(1, 2)[:, :steps]
         return a.reshape(*lead, *a.shape[1:]) * self.action_scale
