@@ -29,6 +29,7 @@ from typing import Callable
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from scipy.ndimage import distance_transform_edt
 
 from blm_gym.data.scene import AgentType, DrivableArea
@@ -88,16 +89,12 @@ class DistanceField:
     def __call__(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Bilinear signed distance at world points ``x, y`` (any shape), differentiable in both."""
         h, w = self.values.shape
-        u = ((x - self.origin[0]) / self.resolution - 0.5).clamp(0, w - 1)  # column coordinate
-        v = ((y - self.origin[1]) / self.resolution - 0.5).clamp(0, h - 1)  # row coordinate
-        j0 = u.detach().floor().long().clamp(0, max(w - 2, 0))
-        i0 = v.detach().floor().long().clamp(0, max(h - 2, 0))
-        j1, i1 = (j0 + 1).clamp(max=w - 1), (i0 + 1).clamp(max=h - 1)
-        fu, fv = u - j0, v - i0
-        f = self.values
-        top = f[i0, j0] * (1 - fu) + f[i0, j1] * fu
-        bottom = f[i1, j0] * (1 - fu) + f[i1, j1] * fu
-        return top * (1 - fv) + bottom * fv
+        # grid_sample's corner-aligned coordinates: -1 and +1 are the centres of the edge cells
+        u = ((x - self.origin[0]) / self.resolution - 0.5) * (2 / max(w - 1, 1)) - 1
+        v = ((y - self.origin[1]) / self.resolution - 0.5) * (2 / max(h - 1, 1)) - 1
+        grid = torch.stack([u, v], -1).reshape(1, 1, -1, 2)
+        out = F.grid_sample(self.values[None, None], grid, mode="bilinear", padding_mode="border", align_corners=True)
+        return out.reshape(x.shape)
 
 
 def candidate_pairs(states: torch.Tensor, batch: AgentBatch, movable: torch.Tensor, slack_m: float = 3.0
@@ -175,11 +172,13 @@ def make_guide(decode: Callable[[torch.Tensor, torch.Tensor | None], torch.Tenso
     otherwise (:meth:`BLMModel.decode`); ``movable`` ``(B, N)`` as in :func:`plan_costs`.
     Guides the last ``config.steps`` of ``num_ddim_steps`` DDIM steps.
 
-    Only the *active* agents are decoded with gradient: the movable members of a candidate pair
-    and the vehicles with an off-road cost. Every other agent gets a zero gradient at the first
-    iteration, so its latent, plan and costs never change within the step: leaving it out is
-    exact. Likewise a row (one scene sample) whose plans cost nothing has a zero gradient and is
-    done: a step without cost returns ``x0_hat`` as it is, and rows leave the iterations once resolved.
+    The first iteration decodes every agent with gradient: its plans are also the base that the
+    candidate pairs come from. After it only the *active* agents are decoded: the movable members
+    of a candidate pair and the vehicles with an off-road cost. Every other agent has a zero
+    gradient at the first iteration, so its latent, plan and costs never change within the step:
+    leaving it out is exact. Likewise a row (one scene sample) whose plans cost nothing has a zero
+    gradient and is done: a step without cost returns ``x0_hat`` as it is, and rows leave the
+    iterations once resolved.
     """
     if config.steps == 0:
         return None
@@ -189,32 +188,35 @@ def make_guide(decode: Callable[[torch.Tensor, torch.Tensor | None], torch.Tenso
     def guide(x0_hat: torch.Tensor, i: int) -> torch.Tensor:
         if i < first:
             return x0_hat
-        x = x0_hat.detach()
-        base = decode(x, None).detach()  # every agent's plan as it enters this step
-        scored = base[..., :config.horizon_steps:config.stride, :]
-        pairs = candidate_pairs(scored, batch, movable)
-        live = plan_costs(base, batch, movable, field, config, pairs)["total"] > 0  # (B,) rows with work
-        if not live.any():
-            return x0_hat
-        active = torch.zeros_like(movable)
-        active[pairs[:, 0], pairs[:, 1]] = True
-        active[pairs[:, 0], pairs[:, 2]] = True
-        active = ((active & movable) | (offroad_costs(scored, batch, movable, field, config) > 0)) & live[:, None]
+        x, active = x0_hat.detach(), None  # active None: the first iteration, over every agent
         for _ in range(config.iterations):
             with torch.enable_grad():
-                xa = x[active].requires_grad_(True)
-                states = base.index_put((active,), decode(xa, active))
+                if active is None:
+                    xa = x.clone().requires_grad_(True)
+                    states = decode(xa, None)
+                    base = states.detach()  # every agent's plan as it enters this step
+                    scored = base[..., :config.horizon_steps:config.stride, :]
+                    pairs = candidate_pairs(scored, batch, movable)
+                else:
+                    xa = x[active].requires_grad_(True)
+                    states = base.index_put((active,), decode(xa, active))
                 cost = plan_costs(states, batch, movable, field, config, pairs)["total"]
-                live = (cost > 0) & active.any(-1)
+                live = cost > 0
                 if not live.any():  # resolved: zero gradient from here on
                     break
                 (grad,) = torch.autograd.grad(cost[live].sum(), xa)
+            if active is None:
+                active = torch.zeros_like(movable)
+                active[pairs[:, 0], pairs[:, 1]] = True
+                active[pairs[:, 0], pairs[:, 2]] = True
+                active = ((active & movable) | (offroad_costs(scored, batch, movable, field, config) > 0)) & live[:, None]
+                xa, grad = xa[active], grad[active]
             # quadratic costs of deep overlaps have steep gradients: clip each agent's move
             delta = config.step_size * grad
             norm = delta.flatten(-2).norm(dim=-1)[..., None, None]
             x = x.index_put((active,), (xa - delta * (config.max_step / norm.clamp(min=config.max_step))).detach())
             active &= live[:, None]  # a resolved row (sample) did not move, so it stays resolved
-        return x
+        return x if active is not None else x0_hat
 
     return guide
 
