@@ -9,9 +9,10 @@
 - ``closed_loop_s``: 20 s of closed loop (200 steps of :func:`blm_gym.sim.state.step`) for 32
   vehicles driven by :class:`LatentDiffusionPolicy` as shipped (sampling-time guidance,
   ``candidates`` joint plans per replan), replanning every 1 s; ``closed_loop_unguided_s``: the
-  same with the bare model (one plan, no guidance).
+  same with the bare model (no guidance). Median of ``--repeats`` runs each (all runs
+  listed under ``closed_loop_runs_s``).
 
-Usage: ``python benchmarks/sampling.py [--threads 1]``. Timings on shared machines vary by up
+Usage: ``python benchmarks/sampling.py [--threads 1] [--repeats 3]``. Timings on shared machines vary by up
 to 50 %: compare the ratio within one run.
 """
 from __future__ import annotations
@@ -142,6 +143,7 @@ def time_closed_loop(model: BLMModel, scene: Scene, seconds: float = 20.0, **pol
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
+    parser.add_argument("--repeats", type=int, default=3, help="closed-loop runs per setting (median reported)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     shipped = DEFAULT_CHECKPOINT.is_file()
@@ -149,6 +151,9 @@ def main() -> None:
     scene = highway_scene()
     latent_ms = time_latent(model, scene)
     unet_ms, unet_params = time_trajectory_unet()
+    bare_policy = dict(guidance=GuidanceConfig(steps=0))
+    guided = [round(time_closed_loop(model, scene), 3) for _ in range(args.repeats)]
+    bare = [round(time_closed_loop(model, scene, **bare_policy), 3) for _ in range(args.repeats)]
     print(json.dumps({
         "agents": NUM_AGENTS, "horizon_s": FUTURE * 0.1, "threads": args.threads,
         "latent_model": "shipped" if shipped else "untrained (default architecture)",
@@ -158,9 +163,9 @@ def main() -> None:
         "trajectory_unet_params": unet_params, "trajectory_unet_steps": 100,
         "trajectory_unet_ms": round(unet_ms, 1),
         "speedup": round(unet_ms / latent_ms, 1),
-        "closed_loop_s": round(time_closed_loop(model, scene), 3),
-        "closed_loop_unguided_s": round(time_closed_loop(model, scene, candidates=1,
-                                                         guidance=GuidanceConfig(steps=0)), 3),
+        "closed_loop_s": round(statistics.median(guided), 3),
+        "closed_loop_unguided_s": round(statistics.median(bare), 3),
+        "closed_loop_runs_s": {"guided": guided, "unguided": bare},
         "closed_loop_setup": "20 s, 32 vehicles, replan every 1 s, blm_gym.sim.state.step",
         "guidance": {"candidates": LatentDiffusionPolicy(model).candidates, **dataclasses.asdict(GuidanceConfig())},
     }, indent=2))

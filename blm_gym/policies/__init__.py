@@ -16,7 +16,7 @@ def make_policy(name: str, *, checkpoint: str | None = None) -> Policy:
         from blm_gym.models.guidance import GuidanceConfig
         from blm_gym.policies.latent_diffusion import LatentDiffusionPolicy
 
-        bare = {"candidates": 1, "guidance": GuidanceConfig(steps=0)} if name == "blm_unguided" else {}
+        bare = {"guidance": GuidanceConfig(steps=0)} if name == "blm_unguided" else {}
         return LatentDiffusionPolicy.from_checkpoint(checkpoint, **bare)
     raise ValueError(f"unknown policy {name!r}; choose one of {POLICY_NAMES}")
 
