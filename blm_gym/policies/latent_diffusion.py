@@ -59,7 +59,7 @@ class LatentDiffusionPolicy:
 
     name = "blm"
 
-    def __init__(self, model: BLMModel, *, replan_every_s: float = 0.5, num_steps: int | None = None,
+    def __init__(self, model: BLMModel, *, replan_every_s: float = 1.0, num_steps: int | None = None,
                  eta: float = 0.0, max_agents: int | None = None, standstill_speed: float = 0.5,
                  standstill_hold_s: float = 2.0, max_lanes: int = MAX_LANES, candidates: int = 1,
                  guidance: GuidanceConfig = GuidanceConfig()):
