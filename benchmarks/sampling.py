@@ -12,8 +12,8 @@
   same with the bare model (no guidance). Median of ``--repeats`` runs each (all runs
   listed under ``closed_loop_runs_s``).
 
-Usage: ``python benchmarks/sampling.py [--threads 1] [--repeats 3]``. Timings on shared machines vary by up
-to 50 %: compare the ratio within one run.
+Usage: ``python benchmarks/sampling.py [--threads 1] [--repeats 3]``. Timings on shared machines
+vary by up to 1.8x between runs: compare the ratios within one run.
 """
 from __future__ import annotations
 
