@@ -145,6 +145,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     parser.add_argument("--repeats", type=int, default=3, help="closed-loop runs per setting (median reported)")
     args = parser.parse_args()
+    if args.repeats < 1:
+        parser.error(f"--repeats must be >= 1 (closed-loop runs per setting), got {args.repeats}")
     torch.set_num_threads(args.threads)
     shipped = DEFAULT_CHECKPOINT.is_file()
     model = LatentDiffusionPolicy.from_checkpoint().model if shipped else BLMModel().eval()

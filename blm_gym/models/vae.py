@@ -108,6 +108,8 @@ class ActionVAE(nn.Module):
         ``steps``: only the first that many actions ``(..., steps, 2)``, decoded from the latents
         they depend on (:meth:`latents_needed`; guidance scores 3 s of a 5.2 s plan)."""
         if steps is not None:
+            if steps < 1:
+                raise ValueError(f"decode_actions: steps must be >= 1 (actions to decode) or None (all), got {steps}")
             z = z[..., :min(self.latents_needed(steps), z.shape[-2]), :]
         lead = z.shape[:-2]
         z = z.reshape(-1, *z.shape[-2:]).transpose(1, 2)

@@ -135,4 +135,3 @@ def step(state: SimState, action: Action, log: Trajectories, dt: float,
     spawned = valid_next & ~state.valid  # newcomers take their logged state
     x, y, heading, speed = (np.where(spawned, lg, m).astype(np.float32) for m, lg in zip(moved, logged))
     return dataclasses.replace(state, x=x, y=y, heading=heading, speed=speed, valid=valid_next, step=t1)
-
