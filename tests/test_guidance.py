@@ -10,7 +10,7 @@ import torch
 
 from blm_gym.data.scene import AgentType, DrivableArea, RoadMap, Scene, Trajectories, pad_polylines
 from blm_gym.models import make_agent_batch
-from blm_gym.models.guidance import DistanceField, GuidanceConfig, make_guide, plan_costs
+from blm_gym.models.guidance import DistanceField, GuidanceConfig, PlanCost, make_guide
 from blm_gym.policies.latent_diffusion import LatentDiffusionPolicy
 
 torch.set_num_threads(1)
@@ -55,16 +55,17 @@ def test_plan_costs_clearance_and_targets_only():
     field = DistanceField.from_drivable(DrivableArea.from_geometry(ROAD))
     cfg = GuidanceConfig(horizon_steps=10, stride=1)
     movable = torch.tensor([[True, False]])
-    far = plan_costs(_states((0.0, 0.0), (20.0, 0.0)), batch, movable, field, cfg)
+    cost = PlanCost(batch, movable, field, cfg)
+    far = cost(_states((0.0, 0.0), (20.0, 0.0)))
     assert far["clearance"].item() == 0 and far["offroad"].item() == 0
     close = _states((0.0, 0.0), (3.0, 0.0)).requires_grad_(True)
-    costs = plan_costs(close, batch, movable, field, cfg)
+    costs = cost(close)
     assert costs["clearance"].item() > 0
     (grad,) = torch.autograd.grad(costs["clearance"].sum(), close)
     assert grad[0, 0, :, 0].gt(0).all()  # cost rises toward the other car: descent backs the movable one off
     assert grad[0, 1].abs().max() == 0  # the non-movable agent is a target only
     # a movable vehicle that starts on the road pays for leaving it, the more the farther
-    off = [plan_costs(_states((0.0, y), (20.0, 0.0)), batch, movable, field, cfg)["offroad"].item()
+    off = [cost(_states((0.0, y), (20.0, 0.0)))["offroad"].item()
            for y in (2.0, 4.0, 6.0)]
     assert off[0] == 0 < off[1] < off[2]
 
@@ -80,8 +81,8 @@ def test_clearance_keeps_close_neighbours_from_closing_in_but_does_not_push_them
     batch = make_agent_batch(dataclasses.replace(scene, traj=traj), 0, max_agents=2)
     cfg = GuidanceConfig(horizon_steps=10)
     movable = torch.tensor([[True, True]])
-    parked = plan_costs(_states((0.0, 0.0), (0.0, 2.1)), batch, movable, None, cfg)
-    closer = plan_costs(_states((0.0, 0.3), (0.0, 2.1)), batch, movable, None, cfg)
+    cost = PlanCost(batch, movable, None, cfg)
+    parked, closer = cost(_states((0.0, 0.0), (0.0, 2.1))), cost(_states((0.0, 0.3), (0.0, 2.1)))
     assert parked["clearance"].item() == 0 < closer["clearance"].item()
 
 def test_guided_plans_cost_less_than_unguided():
@@ -94,20 +95,21 @@ def test_guided_plans_cost_less_than_unguided():
     batch_k, ctx = batch.repeat_interleave(k), model.encode_context(batch)
     ctx_k = ctx.repeat_interleave(k)
     movable = torch.ones(k, 2, dtype=torch.bool)
-    field = DistanceField.from_drivable(scene.road.drivable)
+    plan_cost = PlanCost(batch_k, movable, DistanceField.from_drivable(scene.road.drivable), cfg)
 
     def cost(guide):
         with torch.no_grad():
             z = model.sample(batch, k, generator=torch.Generator().manual_seed(0), ctx=ctx, guide=guide)[0]
-            c = plan_costs(model.decode(z, batch_k, ctx_k)[1], batch_k, movable, field, cfg)
+            c = plan_cost(model.decode(z, batch_k, ctx_k)[1])
         return (c["clearance"] + c["offroad"]).mean().item()
 
-    guide = make_guide(lambda z, agents: model.decode(z, batch_k, ctx_k, agents=agents)[1], batch_k, movable, field, cfg,
+    guide = make_guide(lambda z, agents: model.decode(z, batch_k, ctx_k, agents=agents)[1], plan_cost,
                        len(model.timesteps()))
     plain, guided = cost(None), cost(guide)
     assert plain > 0  # the scene is built so that plain plans do conflict
     assert guided < 0.5 * plain
-    assert make_guide(lambda z, agents: z, batch_k, movable, field, GuidanceConfig(steps=0), 5) is None
+    bare = PlanCost(batch_k, movable, None, GuidanceConfig(steps=0))
+    assert make_guide(lambda z, agents: z, bare, 5) is None
 
 
 def test_guidance_config_and_policy_reject_bad_values():

@@ -98,80 +98,103 @@ class DistanceField:
         return out.reshape(x.shape)
 
 
-def candidate_pairs(states: torch.Tensor, batch: AgentBatch, movable: torch.Tensor, slack_m: float = 3.0
-                    ) -> torch.Tensor:
-    """Pairs ``(P, 3)`` of (row, i, j), ``i`` movable, ``j`` any other agent, whose planned centres
-    ``states`` ``(B, N, F, 4)`` come within their half lengths + ``slack_m`` at some step: the only
-    pairs a few guidance steps can bring into contact. Each movable-movable pair appears once."""
-    with torch.no_grad():
-        xy = states[..., :2]
-        d = (xy[:, :, None] - xy[:, None]).norm(dim=-1).amin(-1)  # (B, N, N)
-        half = batch.extent.amax(-1) / 2
-        near = d < half[:, :, None] + half[:, None, :] + slack_m
-        n = movable.shape[-1]
-        idx = torch.arange(n, device=d.device)
-        both = movable[:, :, None] & movable[:, None, :]
-        keep = near & movable[:, :, None] & batch.agent_mask[:, None, :] & (idx[:, None] != idx[None, :])
-        keep &= ~both | (idx[:, None] < idx[None, :])
-        return keep.nonzero()
+@dataclass(frozen=True)
+class Pairs:
+    """The agent pairs one guided DDIM step scores: ``index`` ``(P, 3)`` (row, i, j), ``i`` movable,
+    ``j`` any other agent (each movable-movable pair once), and ``reach`` ``(P, 3, 3)`` the wanted
+    gap (m) between their discs: touching + margin, but never more than the gap there is now."""
+
+    index: torch.Tensor
+    reach: torch.Tensor
 
 
-def offroad_costs(states: torch.Tensor, batch: AgentBatch, movable: torch.Tensor, field: DistanceField | None,
-                  config: GuidanceConfig) -> torch.Tensor:
-    """Off-road cost ``(B, N)`` (m^2) of each movable vehicle that starts on the road, over the
-    planned steps of ``states`` ``(B, N, F, 4)`` (already cut to the scored steps); zeros without
-    a ``field``."""
-    if field is None:
-        return torch.zeros(states.shape[:2], device=states.device)
-    sd = field(states[..., 0], states[..., 1])  # (B, N, F)
-    start_on = field(batch.state_world[..., 0], batch.state_world[..., 1]) <= 0
-    scored = movable & batch.agent_mask & (batch.agent_type == AgentType.VEHICLE) & start_on
-    return (sd + config.offroad_margin_m).clamp(min=0).pow(2).sum(-1) * scored
+class PlanCost:
+    """Clearance and off-road costs (m^2, see the module docstring) of world-frame plans of ``B``
+    samples of *one* scene, with what does not depend on the plans computed once.
 
-
-def plan_costs(states: torch.Tensor, batch: AgentBatch, movable: torch.Tensor, field: DistanceField | None,
-               config: GuidanceConfig, pairs: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-    """Clearance, off-road and weighted total cost ``(B,)`` (m^2, see the module docstring) of
-    world-frame plans.
-
-    ``states`` ``(B, N, F, 4)`` (x, y, heading, speed after each action) of ``B`` samples of
-    *one* scene (``field`` is its distance field; None: no off-road cost), ``batch`` those rows,
-    ``movable`` ``(B, N)`` bool: the agents whose plans may move; ``pairs`` from
-    :func:`candidate_pairs` (default: computed from ``states``).
+    ``batch`` those rows, ``movable`` ``(B, N)`` bool: the agents whose plans may move, ``field``
+    the scene's distance field (None: no off-road cost). Plans ``states`` are ``(B, N, F, 4)``
+    (x, y, heading, speed after each action).
     """
-    states = states[..., :config.horizon_steps:config.stride, :]
-    movable = movable & batch.agent_mask
-    # non-movable plans are targets only: no gradient flows into them
-    states = torch.where(movable[..., None, None], states, states.detach())
-    if pairs is None:
-        pairs = candidate_pairs(states, batch, movable)
-    # 3 discs that cover each box, per step: centres (B, N, F, 3, 2), radii (B, N, 1)
-    length, width = batch.extent[..., 0, None], batch.extent[..., 1, None]
-    cx, cy, radius = disc_cover(states[..., 0], states[..., 1], states[..., 2], length, width, 3)
-    centres = torch.stack([cx, cy], -1)
-    b, i, j = pairs.unbind(-1)
-    gap = lambda c: (c[b, i][..., :, None, :] - c[b, j][..., None, :, :]).norm(dim=-1)  # noqa: E731
-    d = gap(centres)  # (P, F, 3, 3)
-    # wanted: touching + margin, but never more than the gap there is now (cars parked side by side)
-    now = torch.stack(disc_cover(*batch.state_world[..., :3].unbind(-1), *batch.extent.unbind(-1), 3)[:2], -1)
-    reach = torch.minimum((radius[b, i] + radius[b, j])[..., None] + config.clearance_margin_m, gap(now))  # (P, 3, 3)
-    per_pair = (reach[:, None] - d).clamp(min=0).pow(2).sum((-1, -2, -3))
-    clearance = torch.zeros(states.shape[0], device=states.device).index_add(0, b, per_pair)
-    offroad = offroad_costs(states, batch, movable, field, config).sum(-1)
-    total = config.clearance_weight * clearance + config.offroad_weight * offroad
-    return {"clearance": clearance, "offroad": offroad, "total": total}
+
+    def __init__(self, batch: AgentBatch, movable: torch.Tensor, field: DistanceField | None, config: GuidanceConfig):
+        self.batch, self.field, self.config = batch, field, config
+        self.movable = movable & batch.agent_mask
+        x, y, heading = batch.state_world[..., :3].unbind(-1)
+        cx, cy, self.radius = disc_cover(x, y, heading, *batch.extent.unbind(-1), 3)  # radius (B, N)
+        self.discs_now = torch.stack([cx, cy], -1)  # (B, N, 3, 2)
+        # off-road: movable vehicles that start on the road (one that starts off it is not pushed)
+        self.offroad_scored = None
+        if field is not None:
+            self.offroad_scored = self.movable & (batch.agent_type == AgentType.VEHICLE) & (field(x, y) <= 0)
+
+    def scored_steps(self, states: torch.Tensor) -> torch.Tensor:
+        """The planned steps the costs look at: ``(B, N, F', 4)``."""
+        return states[..., :self.config.horizon_steps:self.config.stride, :]
+
+    def pairs(self, states: torch.Tensor, slack_m: float = 3.0) -> Pairs:
+        """The pairs whose planned centres (``states`` already cut to the scored steps) come within
+        their half lengths + ``slack_m`` at some step: the only pairs a few guidance steps can bring
+        into contact."""
+        batch, movable = self.batch, self.movable
+        with torch.no_grad():
+            xy = states[..., :2]
+            d = (xy[:, :, None] - xy[:, None]).norm(dim=-1).amin(-1)  # (B, N, N)
+            half = batch.extent.amax(-1) / 2
+            near = d < half[:, :, None] + half[:, None, :] + slack_m
+            n = movable.shape[-1]
+            idx = torch.arange(n, device=d.device)
+            both = movable[:, :, None] & movable[:, None, :]
+            keep = near & movable[:, :, None] & batch.agent_mask[:, None, :] & (idx[:, None] != idx[None, :])
+            keep &= ~both | (idx[:, None] < idx[None, :])
+            index = keep.nonzero()
+            b, i, j = index.unbind(-1)
+            gap_now = _disc_gaps(self.discs_now[b, i], self.discs_now[b, j])  # (P, 3, 3)
+            reach = torch.minimum((self.radius[b, i] + self.radius[b, j])[:, None, None] + self.config.clearance_margin_m,
+                                  gap_now)
+        return Pairs(index, reach)
+
+    def offroad(self, states: torch.Tensor) -> torch.Tensor:
+        """Off-road cost ``(B, N)`` of each scored vehicle over ``states`` (cut to the scored steps)."""
+        if self.field is None:
+            return torch.zeros(states.shape[:2], device=states.device)
+        sd = self.field(states[..., 0], states[..., 1])  # (B, N, F')
+        return (sd + self.config.offroad_margin_m).clamp(min=0).pow(2).sum(-1) * self.offroad_scored
+
+    def __call__(self, states: torch.Tensor, pairs: Pairs | None = None) -> dict[str, torch.Tensor]:
+        """``clearance``, ``offroad`` and the weighted ``total`` ``(B,)``, and ``offroad_agent``
+        ``(B, N)``; ``pairs`` from :meth:`pairs` (default: computed from ``states``)."""
+        states = self.scored_steps(states)
+        # non-movable plans are targets only: no gradient flows into them
+        states = torch.where(self.movable[..., None, None], states, states.detach())
+        if pairs is None:
+            pairs = self.pairs(states)
+        cx, cy, _ = disc_cover(states[..., 0], states[..., 1], states[..., 2], self.batch.extent[..., 0, None],
+                               self.batch.extent[..., 1, None], 3)
+        discs = torch.stack([cx, cy], -1)  # (B, N, F', 3, 2)
+        b, i, j = pairs.index.unbind(-1)
+        per_pair = (pairs.reach[:, None] - _disc_gaps(discs[b, i], discs[b, j])).clamp(min=0).pow(2).sum((-1, -2, -3))
+        clearance = torch.zeros(states.shape[0], device=states.device).index_add(0, b, per_pair)
+        offroad_agent = self.offroad(states)
+        offroad = offroad_agent.sum(-1)
+        total = self.config.clearance_weight * clearance + self.config.offroad_weight * offroad
+        return {"clearance": clearance, "offroad": offroad, "total": total, "offroad_agent": offroad_agent}
 
 
-def make_guide(decode: Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor], batch: AgentBatch,
-               movable: torch.Tensor, field: DistanceField | None, config: GuidanceConfig, num_ddim_steps: int
-               ) -> Callable[[torch.Tensor, int], torch.Tensor] | None:
+def _disc_gaps(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Centre distances ``(..., 3, 3)`` between every disc of ``a`` and of ``b`` ``(..., 3, 2)``."""
+    return (a[..., :, None, :] - b[..., None, :, :]).norm(dim=-1)
+
+
+def make_guide(decode: Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor], cost: PlanCost,
+               num_ddim_steps: int) -> Callable[[torch.Tensor, int], torch.Tensor] | None:
     """The ``guide(x0_hat, i) -> x0_hat`` hook of :meth:`BLMModel.sample` (None when disabled).
 
     ``decode(latents, agents)`` maps normalised latents to world states: ``(B, N, T', d) ->
-    (B, N, F, 4)`` for the scenes in ``batch`` (already repeated for K samples) when ``agents`` is
-    None, and ``(M, T', d) -> (M, F, 4)`` for the agents of the bool ``(B, N)`` mask ``agents``
-    otherwise (:meth:`BLMModel.decode`); ``movable`` ``(B, N)`` as in :func:`plan_costs`.
-    Guides the last ``config.steps`` of ``num_ddim_steps`` DDIM steps.
+    (B, N, F, 4)`` for the scenes in ``cost.batch`` (already repeated for K samples) when
+    ``agents`` is None, and ``(M, T', d) -> (M, F, 4)`` for the agents of the bool ``(B, N)`` mask
+    ``agents`` otherwise (:meth:`BLMModel.decode`). Guides the last ``cost.config.steps`` of
+    ``num_ddim_steps`` DDIM steps.
 
     The first iteration decodes every agent with gradient: its plans are also the base that the
     candidate pairs come from. After it only the *active* agents are decoded: the movable members
@@ -181,10 +204,10 @@ def make_guide(decode: Callable[[torch.Tensor, torch.Tensor | None], torch.Tenso
     gradient and is done: a step without cost returns ``x0_hat`` as it is, and rows leave the
     iterations once resolved.
     """
+    config, movable = cost.config, cost.movable
     if config.steps == 0:
         return None
     first = num_ddim_steps - min(config.steps, num_ddim_steps)
-    movable = movable & batch.agent_mask
 
     def guide(x0_hat: torch.Tensor, i: int) -> torch.Tensor:
         if i < first:
@@ -196,21 +219,21 @@ def make_guide(decode: Callable[[torch.Tensor, torch.Tensor | None], torch.Tenso
                     xa = x.clone().requires_grad_(True)
                     states = decode(xa, None)
                     base = states.detach()  # every agent's plan as it enters this step
-                    scored = base[..., :config.horizon_steps:config.stride, :]
-                    pairs = candidate_pairs(scored, batch, movable)
+                    pairs = cost.pairs(cost.scored_steps(base))
                 else:
                     xa = x[active].requires_grad_(True)
                     states = base.index_put((active,), decode(xa, active))
-                cost = plan_costs(states, batch, movable, field, config, pairs)["total"]
-                live = cost > 0
+                costs = cost(states, pairs)
+                live = costs["total"] > 0
                 if not live.any():  # resolved: zero gradient from here on
                     break
-                (grad,) = torch.autograd.grad(cost[live].sum(), xa)
+                (grad,) = torch.autograd.grad(costs["total"][live].sum(), xa)
             if active is None:
+                rows, a, b = pairs.index.unbind(-1)
                 active = torch.zeros_like(movable)
-                active[pairs[:, 0], pairs[:, 1]] = True
-                active[pairs[:, 0], pairs[:, 2]] = True
-                active = ((active & movable) | (offroad_costs(scored, batch, movable, field, config) > 0)) & live[:, None]
+                active[rows, a] = True
+                active[rows, b] = True
+                active = ((active & movable) | (costs["offroad_agent"].detach() > 0)) & live[:, None]
                 xa, grad = xa[active], grad[active]
             # quadratic costs of deep overlaps have steep gradients: clip each agent's move
             delta = config.step_size * grad
@@ -222,4 +245,4 @@ def make_guide(decode: Callable[[torch.Tensor, torch.Tensor | None], torch.Tenso
     return guide
 
 
-__all__ = ["DistanceField", "GuidanceConfig", "candidate_pairs", "make_guide", "offroad_costs", "plan_costs"]
+__all__ = ["DistanceField", "GuidanceConfig", "Pairs", "PlanCost", "make_guide"]

@@ -32,7 +32,7 @@ from blm_gym.data.scene import AgentType, Scene, Trajectories
 from blm_gym.models.batch import MAX_LANES, make_agent_batch, road_users
 from blm_gym.models.blm import BLMModel
 from blm_gym.models.checkpoint import load_model
-from blm_gym.models.guidance import DistanceField, GuidanceConfig, make_guide, plan_costs
+from blm_gym.models.guidance import DistanceField, GuidanceConfig, PlanCost, make_guide
 from blm_gym.sim.state import Action, SimState
 
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parents[1] / "assets" / "blm_nuscenes.pt"
@@ -146,12 +146,12 @@ class LatentDiffusionPolicy:
                 states = torch.where(walkers, cv[..., :states.shape[-2], :], states)
             return actions, states
 
-        guide = make_guide(lambda x, agents: decode(x, agents)[1], batch_k, movable_k, self._field, g,
-                           len(self.model.timesteps(self.num_steps)))
+        cost = PlanCost(batch_k, movable_k, self._field, g)
+        guide = make_guide(lambda x, agents: decode(x, agents)[1], cost, len(self.model.timesteps(self.num_steps)))
         latents = self.model.sample(batch, k, self.num_steps, self.eta, self._gen, ctx=ctx, guide=guide)[0]
         best = 0
         if k > 1:  # keep the joint plan with the fewest conflicts (the costs look g.horizon_steps ahead)
-            best = int(torch.argmin(plan_costs(decode(latents)[1], batch_k, movable_k, self._field, g)["total"]))
+            best = int(torch.argmin(cost(decode(latents)[1])["total"]))
         actions, states = self.model.decode(latents[best, None], batch, ctx)  # (1, N, F, 2), (1, N, F, 4)
         actions, states = actions[0], torch.where(walkers[best], cv[best], states[0])
         hold = standstill(batch.state_world[0, :, 3], states[..., 3], self.standstill_speed, self.hold_steps)
