@@ -22,7 +22,7 @@ last step lands on ``alpha_bar = 1`` and is deterministic, std 0: floor it befor
 log-probs). Rows of padded agents (``batch.agent_mask`` False) are meaningless: mask them.
 
 Decoded states are the unicycle integration of the decoded actions from each agent's current
-state (scene frame, then mapped to the world), state ``k`` being the state after action ``k``.
+world state (heading not wrapped), state ``k`` being the state after action ``k``.
 """
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from blm_gym.data.scene import AgentType
-from blm_gym.models.batch import FUTURE_STEPS, HISTORY_STEPS, AgentBatch, to_world_frame
+from blm_gym.models.batch import FUTURE_STEPS, HISTORY_STEPS, AgentBatch
 from blm_gym.models.denoiser import SceneContext, SceneDenoiser
 from blm_gym.models.schedule import DiffusionSchedule, ddim_timesteps
 from blm_gym.models.vae import ActionVAE
@@ -183,7 +183,7 @@ class BLMModel(nn.Module):
         (``full[agents]``) and so are the outputs, ``(M, F, 2)`` and ``(M, F, 4)``: the decoder
         is per agent, so guidance decodes only the agents its costs can move."""
         cond = ctx.vae_cond if ctx is not None else self.vae.context(batch)
-        start, frame = batch.state_scene, batch.frame
+        start = batch.state_world
         if agents is not None:
             if agents.dtype != torch.bool or agents.shape != start.shape[:2] or latents.shape[0] != int(agents.sum()):
                 raise ValueError(f"decode: agents must be a bool {tuple(start.shape[:2])} mask (batch rows x agents) "
@@ -191,12 +191,10 @@ class BLMModel(nn.Module):
                                  f"(M, T', d), got agents {agents.dtype} {tuple(agents.shape)} and latents "
                                  f"{tuple(latents.shape)}; pass full[agents] with the same mask")
             cond, start = cond[agents], start[agents]
-            frame = frame[:, None].expand(*agents.shape, frame.shape[-1])[agents]
         elif latents.dim() == 5:  # (B, K, ...): broadcast the per-scene tensors over K
-            cond, start, frame = cond[:, None], start[:, None], frame[:, None]
-            k = latents.shape[1]
-            cond = cond.expand(-1, k, -1, -1)
+            cond, start = cond[:, None].expand(-1, latents.shape[1], -1, -1), start[:, None]
         actions = self.vae.decode_actions(latents * self.latent_scale, cond, horizon)
-        states = self.rollout(actions, start)
-        x, y, h = to_world_frame(states[..., 0], states[..., 1], states[..., 2], frame)
-        return actions, torch.stack([x, y, h, states[..., 3]], -1)
+        # integrate from each agent's own position as the origin (world orientation), then translate:
+        # the running sums stay small, so float32 keeps them exact however far the scene is from (0, 0)
+        position = start * start.new_tensor([1.0, 1.0, 0.0, 0.0])
+        return actions, self.rollout(actions, start - position) + position[..., None, :]
