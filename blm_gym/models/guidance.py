@@ -150,8 +150,8 @@ class PlanCost:
             index = keep.nonzero()
             b, i, j = index.unbind(-1)
             gap_now = _disc_gaps(self.discs_now[b, i], self.discs_now[b, j])  # (P, 3, 3)
-            reach = torch.minimum((self.radius[b, i] + self.radius[b, j])[:, None, None] + self.config.clearance_margin_m,
-                                  gap_now)
+            touching = (self.radius[b, i] + self.radius[b, j])[:, None, None]
+            reach = torch.minimum(touching + self.config.clearance_margin_m, gap_now)
         return Pairs(index, reach)
 
     def offroad(self, states: torch.Tensor) -> torch.Tensor:
