@@ -1,8 +1,9 @@
 """Typed model inputs: one :class:`AgentBatch` per (scene, step), collated along a batch dim.
 
 Everything the BLM model sees is expressed in the **scene frame**: centred on the ego's position
-at the current step and rotated so the ego heads along +x. ``frame`` keeps the transform, so
-decoded states map back to the world (:func:`to_world_frame`).
+at the current step and rotated so the ego heads along +x. ``frame`` keeps the transform
+(:func:`to_world_frame` maps scene-frame coordinates back); decoded plans are integrated from
+``state_world``, so they come out in the world frame.
 
 Time layout around the current step ``s`` (0.1 s per step):
 
