@@ -165,6 +165,13 @@ def test_sampling_interface():
         # decoded world states start next to each agent's current world state
         step1 = (s1[..., 0, :2] - batch.state_world[..., :2]).norm(dim=-1)[batch.agent_mask]
         assert (step1 < 5.0).all()
+        # decode integrates in the world; integrating in the scene frame and mapping back is the same
+        scene_states = model.rollout(a1, batch.state_scene)
+        xw, yw, hw = to_world_frame(*scene_states[..., :3].unbind(-1), batch.frame)
+        m = batch.agent_mask
+        torch.testing.assert_close(torch.stack([xw, yw], -1)[m], s1[..., :2][m], atol=1e-3, rtol=0)
+        torch.testing.assert_close(torch.cos(hw - s1[..., 2])[m], torch.ones_like(hw[m]), atol=1e-5, rtol=0)
+        torch.testing.assert_close(scene_states[..., 3][m], s1[..., 3][m])
         # K samples are the same as repeating the context
         lat2 = model.sample(batch, 3, 4, 0.5, torch.Generator().manual_seed(1),
                             ctx=model.encode_context(batch))
