@@ -68,7 +68,10 @@ def test_plan_costs_clearance_and_targets_only():
     off = [cost(_states((0.0, y), (20.0, 0.0)))["offroad"].item()
            for y in (2.0, 4.0, 6.0)]
     assert off[0] == 0 < off[1] < off[2]
-
+    with pytest.raises(ValueError, match="movable must be a bool"):
+        PlanCost(batch, torch.tensor([True, False]), field, cfg)
+    with pytest.raises(ValueError, match="states must be world plans"):
+        cost(_states((0.0, 0.0), (20.0, 0.0))[..., :2])
 
 
 def test_clearance_keeps_close_neighbours_from_closing_in_but_does_not_push_them_apart():
@@ -84,6 +87,7 @@ def test_clearance_keeps_close_neighbours_from_closing_in_but_does_not_push_them
     cost = PlanCost(batch, movable, None, cfg)
     parked, closer = cost(_states((0.0, 0.0), (0.0, 2.1))), cost(_states((0.0, 0.3), (0.0, 2.1)))
     assert parked["clearance"].item() == 0 < closer["clearance"].item()
+
 
 def test_guided_plans_cost_less_than_unguided():
     """The shipped model's plans for two cars closing head-on in one lane, with and without guidance."""

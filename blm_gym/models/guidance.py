@@ -118,6 +118,10 @@ class PlanCost:
     """
 
     def __init__(self, batch: AgentBatch, movable: torch.Tensor, field: DistanceField | None, config: GuidanceConfig):
+        if movable.dtype != torch.bool or movable.shape != batch.agent_mask.shape:
+            raise ValueError(f"PlanCost: movable must be a bool {tuple(batch.agent_mask.shape)} mask (batch rows x "
+                             f"agents), got {movable.dtype} {tuple(movable.shape)}; repeat it with the batch for K "
+                             "samples")
         self.batch, self.field, self.config = batch, field, config
         self.movable = movable & batch.agent_mask
         x, y, heading = batch.state_world[..., :3].unbind(-1)
@@ -164,6 +168,9 @@ class PlanCost:
     def __call__(self, states: torch.Tensor, pairs: Pairs | None = None) -> dict[str, torch.Tensor]:
         """``clearance``, ``offroad`` and the weighted ``total`` ``(B,)``, and ``offroad_agent``
         ``(B, N)``; ``pairs`` from :meth:`pairs` (default: computed from ``states``)."""
+        if states.dim() != 4 or states.shape[:2] != self.movable.shape or states.shape[-1] != 4:
+            raise ValueError(f"PlanCost: states must be world plans (B, N, F, 4) with (B, N) = "
+                             f"{tuple(self.movable.shape)}, got {tuple(states.shape)}")
         states = self.scored_steps(states)
         # non-movable plans are targets only: no gradient flows into them
         states = torch.where(self.movable[..., None, None], states, states.detach())
