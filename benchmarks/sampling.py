@@ -10,7 +10,8 @@
   vehicles driven by :class:`LatentDiffusionPolicy` as shipped (sampling-time guidance,
   ``candidates`` joint plans per replan), replanning every 1 s; ``closed_loop_unguided_s``: the
   same with the bare model (no guidance). Median of ``--repeats`` runs each (all runs
-  listed under ``closed_loop_runs_s``).
+  listed under ``closed_loop_runs_s``), after a 1 s warm-up run (numba loads the guidance's
+  compiled loops from its cache, or compiles them, on first use: about 1 s once per process).
 
 Usage: ``python benchmarks/sampling.py [--threads 1] [--repeats 3]``. Timings on shared machines
 vary by up to 1.8x between runs: compare the ratios within one run.
@@ -154,6 +155,7 @@ def main() -> None:
     latent_ms = time_latent(model, scene)
     unet_ms, unet_params = time_trajectory_unet()
     bare_policy = dict(guidance=GuidanceConfig(steps=0))
+    time_closed_loop(model, scene, seconds=1.0)  # warm-up: the first call loads the compiled guidance loops
     guided = [round(time_closed_loop(model, scene), 3) for _ in range(args.repeats)]
     bare = [round(time_closed_loop(model, scene, **bare_policy), 3) for _ in range(args.repeats)]
     print(json.dumps({

@@ -10,8 +10,10 @@ import torch
 
 from blm_gym.data.scene import AgentType, DrivableArea, RoadMap, Scene, Trajectories, pad_polylines
 from blm_gym.models import make_agent_batch
+from blm_gym.models import guidance_kernels as kernels
 from blm_gym.models.guidance import DistanceField, GuidanceConfig, PlanCost, make_guide
 from blm_gym.policies.latent_diffusion import LatentDiffusionPolicy
+from blm_gym.sim.kinematics import unicycle_rollout
 
 torch.set_num_threads(1)
 ROAD = shapely.box(-50, -3.5, 150, 3.5)  # a 7 m wide road along x
@@ -33,20 +35,24 @@ def head_on_scene(gap_m: float = 60.0, steps: int = 40) -> Scene:
 
 def test_distance_field_is_signed_distance_to_the_road_edge():
     field = DistanceField.from_drivable(DrivableArea.from_geometry(ROAD))
-    x = torch.tensor([0.0, 0.0, 0.0, 80.0])
-    y = torch.tensor([0.0, 2.5, 6.5, -5.0], requires_grad=True)
-    d = field(x, y)
+    x, y = np.array([0.0, 0.0, 0.0, 80.0]), np.array([0.0, 2.5, 6.5, -5.0])
     # inside negative, outside positive, within one 0.5 m raster cell of the exact distance
-    np.testing.assert_allclose(d.detach().numpy(), [-3.5, -1.0, 3.0, 1.5], atol=0.5)
-    (grad,) = torch.autograd.grad(d.sum(), y)
-    assert grad[1] > 0 and grad[2] > 0 and grad[3] < 0  # uphill = away from the road's middle
+    np.testing.assert_allclose(field(x, y), [-3.5, -1.0, 3.0, 1.5], atol=0.5)
+    args = field.values, *field.origin, field.resolution
+    for xi, yi in zip(x, y):  # the kernel's gradient is the slope of the bilinear field
+        _, dx, dy = kernels.bilinear(*args, xi + 0.13, yi + 0.11)
+        step = lambda ex, ey: kernels.bilinear(*args, xi + 0.13 + ex, yi + 0.11 + ey)[0]  # noqa: E731
+        assert dx == pytest.approx((step(1e-4, 0) - step(-1e-4, 0)) / 2e-4, abs=1e-6)
+        assert dy == pytest.approx((step(0, 1e-4) - step(0, -1e-4)) / 2e-4, abs=1e-6)
+    assert [kernels.bilinear(*args, xi, yi)[2] for xi, yi in zip(x, y)][1:] > [0, 0, -1]  # away from the middle
+    assert kernels.bilinear(*args, 1e4, 1e4)[1:] == (0.0, 0.0)  # off the raster: the edge value, flat
 
 
-def _states(xy_a, xy_b, steps: int = 10) -> torch.Tensor:
+def _states(xy_a, xy_b, steps: int = 10) -> np.ndarray:
     """World states (1, 2, F, 4) of two agents standing at ``xy_a`` / ``xy_b`` heading +x."""
-    s = torch.zeros(1, 2, steps, 4)
-    s[0, 0, :, :2] = torch.tensor(xy_a)
-    s[0, 1, :, :2] = torch.tensor(xy_b)
+    s = np.zeros((1, 2, steps, 4))
+    s[0, 0, :, :2] = xy_a
+    s[0, 1, :, :2] = xy_b
     return s
 
 
@@ -56,22 +62,59 @@ def test_plan_costs_clearance_and_targets_only():
     cfg = GuidanceConfig(horizon_steps=10, stride=1)
     movable = torch.tensor([[True, False]])
     cost = PlanCost(batch, movable, field, cfg)
-    far = cost(_states((0.0, 0.0), (20.0, 0.0)))
+    far = cost.score(_states((0.0, 0.0), (20.0, 0.0)))
     assert far["clearance"].item() == 0 and far["offroad"].item() == 0
-    close = _states((0.0, 0.0), (3.0, 0.0)).requires_grad_(True)
-    costs = cost(close)
+    costs = cost.score(_states((0.0, 0.0), (3.0, 0.0)), grad=True)
     assert costs["clearance"].item() > 0
-    (grad,) = torch.autograd.grad(costs["clearance"].sum(), close)
-    assert grad[0, 0, :, 0].gt(0).all()  # cost rises toward the other car: descent backs the movable one off
-    assert grad[0, 1].abs().max() == 0  # the non-movable agent is a target only
+    grad = costs["grad_states"]
+    assert (grad[0, 0, :, 0] > 0).all()  # cost rises toward the other car: descent backs the movable one off
+    assert np.abs(grad[0, 1]).max() == 0  # the non-movable agent is a target only
     # a movable vehicle that starts on the road pays for leaving it, the more the farther
-    off = [cost(_states((0.0, y), (20.0, 0.0)))["offroad"].item()
-           for y in (2.0, 4.0, 6.0)]
+    off = [cost.score(_states((0.0, y), (20.0, 0.0)))["offroad"].item() for y in (2.0, 4.0, 6.0)]
     assert off[0] == 0 < off[1] < off[2]
     with pytest.raises(ValueError, match="movable must be a bool"):
         PlanCost(batch, torch.tensor([True, False]), field, cfg)
     with pytest.raises(ValueError, match="states must be world plans"):
-        cost(_states((0.0, 0.0), (20.0, 0.0))[..., :2])
+        cost.score(_states((0.0, 0.0), (20.0, 0.0))[..., :2])
+    with pytest.raises(ValueError, match="plans must be actions"):
+        cost(torch.zeros(1, 2, 10, 4))
+
+
+def test_plan_cost_of_actions_integrates_like_the_simulator_and_has_the_exact_gradient():
+    """Three cars squeezed together near the road edge (the third not movable): the kernel rollout
+    equals :func:`unicycle_rollout`, and the gradient w.r.t. the movable cars' actions equals
+    central finite differences of the total cost (float64). The non-movable car is a target only:
+    its plan moves the cost, but it gets no gradient."""
+    rng = np.random.default_rng(0)
+    t = np.arange(40) * 0.1
+    x = np.stack([0 + 8 * t, 4 + 7 * t, 2 + 8 * t])
+    y = np.stack([0 * t + 1.0, 0 * t + 3.4, 0 * t - 0.4])
+    traj = Trajectories.from_states(x, y, np.zeros_like(x), np.full_like(x, 8.0), [4.5, 4.5, 4.0], [1.9, 1.9, 1.8],
+                                    np.ones(x.shape, bool))
+    scene = dataclasses.replace(head_on_scene(), traj=traj, agent_ids=("a", "b", "c"),
+                                agent_type=np.full(3, AgentType.VEHICLE, np.int8))
+    batch = make_agent_batch(scene, 5, max_agents=3)
+    target = batch.agent_index == 2  # the batch orders agents by distance to the ego: find car c
+    cost = PlanCost(batch, ~target, DistanceField.from_drivable(scene.road.drivable), GuidanceConfig(horizon_steps=20))
+    actions = torch.tensor(rng.normal(0, [1.0, 0.3], (1, 3, 24, 2)))
+    actions[0, 0, 3, 0] = 12.0  # a clipped acceleration of the ego: no gradient through it
+    start = batch.state_world[0].double().numpy()
+    np.testing.assert_allclose(cost.rollout(actions)[0], unicycle_rollout(*start.T, actions[0].numpy(), 0.1),
+                               rtol=1e-9, atol=1e-9)
+    out = cost(actions, grad=True)
+    assert out["clearance"].item() > 0 and out["offroad"].item() > 0
+    grad = out["grad"].numpy()
+    numeric = np.zeros_like(grad)
+    for idx in np.ndindex(grad.shape):
+        if target[idx[:2]]:
+            continue
+        plus, minus = actions.clone(), actions.clone()
+        plus[idx] += 1e-6
+        minus[idx] -= 1e-6
+        numeric[idx] = (cost(plus)["total"] - cost(minus)["total"]).item() / 2e-6
+    assert np.abs(grad).max() > 1
+    np.testing.assert_allclose(grad, numeric, atol=2e-3 * np.abs(grad).max())
+    assert np.abs(grad[target.numpy()]).max() == 0 and grad[0, 0, 3, 0] == 0 and np.abs(grad[:, :, 20:]).max() == 0
 
 
 def test_clearance_keeps_close_neighbours_from_closing_in_but_does_not_push_them_apart():
@@ -85,7 +128,7 @@ def test_clearance_keeps_close_neighbours_from_closing_in_but_does_not_push_them
     cfg = GuidanceConfig(horizon_steps=10)
     movable = torch.tensor([[True, True]])
     cost = PlanCost(batch, movable, None, cfg)
-    parked, closer = cost(_states((0.0, 0.0), (0.0, 2.1))), cost(_states((0.0, 0.3), (0.0, 2.1)))
+    parked, closer = cost.score(_states((0.0, 0.0), (0.0, 2.1))), cost.score(_states((0.0, 0.3), (0.0, 2.1)))
     assert parked["clearance"].item() == 0 < closer["clearance"].item()
 
 
@@ -104,10 +147,10 @@ def test_guided_plans_cost_less_than_unguided():
     def cost(guide):
         with torch.no_grad():
             z = model.sample(batch, k, generator=torch.Generator().manual_seed(0), ctx=ctx, guide=guide)[0]
-            c = plan_cost(model.decode(z, batch_k, ctx_k)[1])
+            c = plan_cost(model.decode_actions(z, batch_k, ctx_k))
         return (c["clearance"] + c["offroad"]).mean().item()
 
-    guide = make_guide(lambda z, agents: model.decode(z, batch_k, ctx_k, agents=agents)[1], plan_cost,
+    guide = make_guide(lambda z, agents: model.decode_actions(z, batch_k, ctx_k, agents=agents), plan_cost,
                        len(model.timesteps()))
     plain, guided = cost(None), cost(guide)
     assert plain > 0  # the scene is built so that plain plans do conflict

@@ -14,6 +14,7 @@ Interface (what the closed-loop policy and the RL fine-tuner code against)::
 
     latents = model.sample(batch, num_samples=K, num_steps=5, eta=0.0, generator=g)  # (B, K, N, T', d)
     actions, world_states = model.decode(latents, batch)  # (B, K, N, F, 2), (B, K, N, F, 4)
+    actions = model.decode_actions(latents, batch)        # the actions alone (what guidance scores)
 
 ``denoise_mean_std``: ``x_t`` ``(B, N, T', d)``, ``i`` the DDIM step index into ``timesteps``
 (``t = timesteps[i]``, next ``timesteps[i+1]`` or the clean end ``-1`` after the last);
@@ -172,28 +173,36 @@ class BLMModel(nn.Module):
             x = mean + std * torch.randn(x.shape, generator=generator, device=dev) if eta > 0 else mean
         return x.reshape(b, num_samples, *x.shape[1:])
 
-    def decode(self, latents: torch.Tensor, batch: AgentBatch, ctx: SceneContext | None = None,
-               horizon: int | None = None, agents: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Normalised latents ``(B, [K,] N, T', d)`` -> actions ``(B, [K,] N, F, 2)`` and world states
-        ``(B, [K,] N, F, 4)`` (x, y, heading, speed after each action); ``horizon``: decode and
-        integrate only the first that many actions (``(..., horizon, 2)`` and ``(..., horizon, 4)``,
-        from the latents they depend on; guidance looks no further).
+    def decode_actions(self, latents: torch.Tensor, batch: AgentBatch, ctx: SceneContext | None = None,
+                       horizon: int | None = None, agents: torch.Tensor | None = None) -> torch.Tensor:
+        """Normalised latents ``(B, [K,] N, T', d)`` -> actions ``(B, [K,] N, F, 2)`` (m/s^2, rad/s);
+        ``horizon``: decode only the first that many actions ``(..., horizon, 2)``, from the latents
+        they depend on (guidance looks no further).
 
         ``agents``: bool ``(B, N)``; then ``latents`` are only those ``M`` agents' ``(M, T', d)``
-        (``full[agents]``) and so are the outputs, ``(M, F, 2)`` and ``(M, F, 4)``: the decoder
-        is per agent, so guidance decodes only the agents its costs can move."""
+        (``full[agents]``) and so are the actions, ``(M, F, 2)``: the decoder is per agent, so
+        guidance decodes only the agents its costs can move."""
         cond = ctx.vae_cond if ctx is not None else self.vae.context(batch)
-        start = batch.state_world
         if agents is not None:
-            if agents.dtype != torch.bool or agents.shape != start.shape[:2] or latents.shape[0] != int(agents.sum()):
-                raise ValueError(f"decode: agents must be a bool {tuple(start.shape[:2])} mask (batch rows x agents) "
+            n = batch.agent_mask.shape
+            if agents.dtype != torch.bool or agents.shape != n or latents.shape[0] != int(agents.sum()):
+                raise ValueError(f"decode: agents must be a bool {tuple(n)} mask (batch rows x agents) "
                                  f"and latents its {int(agents.sum()) if agents.dtype == torch.bool else '?'} agents' "
                                  f"(M, T', d), got agents {agents.dtype} {tuple(agents.shape)} and latents "
                                  f"{tuple(latents.shape)}; pass full[agents] with the same mask")
-            cond, start = cond[agents], start[agents]
-        elif latents.dim() == 5:  # (B, K, ...): broadcast the per-scene tensors over K
-            cond, start = cond[:, None].expand(-1, latents.shape[1], -1, -1), start[:, None]
-        actions = self.vae.decode_actions(latents * self.latent_scale, cond, horizon)
+            cond = cond[agents]
+        elif latents.dim() == 5:  # (B, K, ...): broadcast the per-scene context over K
+            cond = cond[:, None].expand(-1, latents.shape[1], -1, -1)
+        return self.vae.decode_actions(latents * self.latent_scale, cond, horizon)
+
+    def decode(self, latents: torch.Tensor, batch: AgentBatch, ctx: SceneContext | None = None,
+               horizon: int | None = None, agents: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`decode_actions` and the world states ``(B, [K,] N, F, 4)`` (x, y, heading, speed
+        after each action; ``(M, F, 4)`` for ``agents``) they integrate to."""
+        actions = self.decode_actions(latents, batch, ctx, horizon, agents)
+        start = batch.state_world if agents is None else batch.state_world[agents]
+        if agents is None and latents.dim() == 5:
+            start = start[:, None]
         # integrate from each agent's own position as the origin (world orientation), then translate:
         # the running sums stay small, so float32 keeps them exact however far the scene is from (0, 0)
         position = start * start.new_tensor([1.0, 1.0, 0.0, 0.0])

@@ -1,9 +1,10 @@
 """Sampling-time guidance: steer DDIM toward plans that keep clear of others and stay on the road.
 
 CTG-style reconstruction guidance (Zhong et al. 2023) in the latent space: at each guided DDIM
-step the denoiser's clean estimate ``x0_hat`` is decoded (VAE decoder + unicycle rollout, both
-differentiable), scored by two smooth costs, and moved down their gradient before the DDIM update
-uses it. The costs are the differentiable twins of the collision and off-road metrics:
+step the denoiser's clean estimate ``x0_hat`` is decoded to actions (VAE decoder), integrated to
+world plans (unicycle rollout), scored by two smooth costs, and moved down their gradient before
+the DDIM update uses it. The costs are the differentiable twins of the collision and off-road
+metrics:
 
 - **clearance**: every agent as 3 discs along its length that cover its box; for every pair with
   a *movable* agent (a vehicle the policy executes) and every planned step,
@@ -16,7 +17,9 @@ uses it. The costs are the differentiable twins of the collision and off-road me
   ``relu(signed distance to its boundary + margin)^2`` (m^2; positive outside) at every planned
   step, read bilinearly from a distance field built once per scene (:class:`DistanceField`).
 
-Costs are per plan (summed over scored steps, agent pairs and vehicles). Guidance moves the
+Costs are per plan (summed over scored steps, agent pairs and vehicles). The rollout, the costs
+and their gradient w.r.t. the actions are compiled loops (:mod:`blm_gym.models.guidance_kernels`,
+float64); autograd takes the gradient on from the actions through the decoder. Guidance moves the
 model's own samples (a few gradient steps late in the chain, each agent's latent by at most
 ``max_step`` per step) and the decoder still makes the actions: no rule-based controller is put
 on top. With several candidate plans per replan the policy executes the cheapest
@@ -29,12 +32,15 @@ from typing import Callable
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from scipy.ndimage import distance_transform_edt
 
 from blm_gym.data.scene import AgentType, DrivableArea
+from blm_gym.models import guidance_kernels as kernels
 from blm_gym.models.batch import AgentBatch
 from blm_gym.sim.geometry import disc_cover
+from blm_gym.sim.kinematics import DEFAULT_BOUNDS, ActionBounds
+
+NUM_DISCS = 3  # discs per agent along its length (the cover of the time-to-collision metric)
 
 
 @dataclass(frozen=True)
@@ -67,35 +73,31 @@ class GuidanceConfig:
 class DistanceField:
     """Signed distance (m) to the drivable area's boundary on its raster; positive outside.
 
-    ``values`` ``(H, W)`` tensor at the raster's cell centres (same layout as
+    ``values`` ``(H, W)`` float64 at the raster's cell centres (same layout as
     :class:`~blm_gym.data.scene.DrivableArea.raster`), ``origin`` world (x, y) of the lower-left
-    corner, ``resolution`` m per cell. Points off the raster read the nearest edge cell.
+    corner, ``resolution`` m per cell. Read bilinearly; points off the raster read the nearest edge.
     """
 
-    values: torch.Tensor
+    values: np.ndarray
     origin: tuple[float, float]
     resolution: float
 
     @staticmethod
-    def from_drivable(drivable: DrivableArea, device: str | torch.device = "cpu") -> "DistanceField":
+    def from_drivable(drivable: DrivableArea) -> "DistanceField":
         inside = drivable.raster
         if inside.all() or not inside.any():  # no boundary: nothing to steer toward
-            values = np.full(inside.shape, -1e3 if inside.all() else 0.0, np.float32)
+            values = np.full(inside.shape, -1e3 if inside.all() else 0.0)
         else:
             # distance from each outside cell to the nearest inside cell and vice versa
             values = (distance_transform_edt(~inside) - distance_transform_edt(inside)) * drivable.resolution
-        return DistanceField(torch.as_tensor(values, dtype=torch.float32, device=device), drivable.origin,
-                             drivable.resolution)
+        return DistanceField(np.ascontiguousarray(values, np.float64), tuple(map(float, drivable.origin)),
+                             float(drivable.resolution))
 
-    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """Bilinear signed distance at world points ``x, y`` (any shape), differentiable in both."""
-        h, w = self.values.shape
-        # grid_sample's corner-aligned coordinates: -1 and +1 are the centres of the edge cells
-        u = ((x - self.origin[0]) / self.resolution - 0.5) * (2 / max(w - 1, 1)) - 1
-        v = ((y - self.origin[1]) / self.resolution - 0.5) * (2 / max(h - 1, 1)) - 1
-        grid = torch.stack([u, v], -1).reshape(1, 1, -1, 2)
-        out = F.grid_sample(self.values[None, None], grid, mode="bilinear", padding_mode="border", align_corners=True)
-        return out.reshape(x.shape)
+    def __call__(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        """Signed distance at world points ``x, y`` (arrays of one shape)."""
+        x, y = np.broadcast_arrays(np.asarray(x, np.float64), np.asarray(y, np.float64))
+        flat = kernels.field_at(self.values, *self.origin, self.resolution, x.ravel(), y.ravel())
+        return flat.reshape(x.shape)
 
 
 @dataclass(frozen=True)
@@ -104,104 +106,115 @@ class Pairs:
     ``j`` any other agent (each movable-movable pair once), and ``reach`` ``(P, 3, 3)`` the wanted
     gap (m) between their discs: touching + margin, but never more than the gap there is now."""
 
-    index: torch.Tensor
-    reach: torch.Tensor
+    index: np.ndarray
+    reach: np.ndarray
 
 
 class PlanCost:
-    """Clearance and off-road costs (m^2, see the module docstring) of world-frame plans of ``B``
-    samples of *one* scene, with what does not depend on the plans computed once.
+    """Clearance and off-road costs (m^2, see the module docstring) of the plans of ``B`` samples of
+    *one* scene, and their gradient, with what does not depend on the plans computed once.
 
     ``batch`` those rows, ``movable`` ``(B, N)`` bool: the agents whose plans may move, ``field``
-    the scene's distance field (None: no off-road cost). Plans ``states`` are ``(B, N, F, 4)``
-    (x, y, heading, speed after each action).
+    the scene's distance field (None: no off-road cost). Plans are actions ``(B, N, F, 2)``
+    (acceleration m/s^2, yaw rate rad/s), integrated from the batch's current world states with
+    ``dt`` and ``bounds`` (the model's unicycle); :meth:`score` takes world states directly.
+    Costs are float64 tensors on the batch's device.
     """
 
-    def __init__(self, batch: AgentBatch, movable: torch.Tensor, field: DistanceField | None, config: GuidanceConfig):
+    def __init__(self, batch: AgentBatch, movable: torch.Tensor, field: DistanceField | None, config: GuidanceConfig,
+                 dt: float = 0.1, bounds: ActionBounds = DEFAULT_BOUNDS):
         if movable.dtype != torch.bool or movable.shape != batch.agent_mask.shape:
             raise ValueError(f"PlanCost: movable must be a bool {tuple(batch.agent_mask.shape)} mask (batch rows x "
                              f"agents), got {movable.dtype} {tuple(movable.shape)}; repeat it with the batch for K "
                              "samples")
-        self.batch, self.field, self.config = batch, field, config
-        self.movable = movable & batch.agent_mask
-        x, y, heading = batch.state_world[..., :3].unbind(-1)
-        cx, cy, self.radius = disc_cover(x, y, heading, *batch.extent.unbind(-1), 3)  # radius (B, N)
-        self.discs_now = torch.stack([cx, cy], -1)  # (B, N, 3, 2)
+        self.config, self.field, self.device = config, field, batch.state_world.device
+        self.dt, self.bounds = dt, bounds
+        numpy = lambda t: t.detach().cpu().numpy()  # noqa: E731
+        self.start = numpy(batch.state_world).astype(np.float64)  # (B, N, 4) world x, y, heading, speed
+        self.valid = numpy(batch.agent_mask)
+        self.movable = numpy(movable) & self.valid
+        length, width = numpy(batch.extent).astype(np.float64).transpose(2, 0, 1)
+        self.half_size = np.maximum(length, width) / 2
+        x, y, heading = self.start[..., :3].transpose(2, 0, 1)
+        zero = np.zeros_like(length)
+        self.offsets = disc_cover(zero, zero, zero, length, width, NUM_DISCS)[0]  # (B, N, 3) along the heading
+        cx, cy, self.radius = disc_cover(x, y, heading, length, width, NUM_DISCS)
+        self.discs_now = np.stack([cx, cy], -1)  # (B, N, 3, 2)
         # off-road: movable vehicles that start on the road (one that starts off it is not pushed)
-        self.offroad_scored = None
-        if field is not None:
-            self.offroad_scored = self.movable & (batch.agent_type == AgentType.VEHICLE) & (field(x, y) <= 0)
+        vehicles = numpy(batch.agent_type) == AgentType.VEHICLE
+        self.offroad_scored = self.movable & vehicles & (field(x, y) <= 0 if field is not None else False)
 
-    def scored_steps(self, states: torch.Tensor) -> torch.Tensor:
+    def rollout(self, actions: torch.Tensor) -> np.ndarray:
+        """World states ``(B, N, F, 4)`` (float64) after each of the actions ``(B, N, F, 2)``."""
+        if actions.dim() != 4 or actions.shape[:2] != self.movable.shape or actions.shape[-1] != 2:
+            raise ValueError(f"PlanCost: plans must be actions (B, N, F, 2) with (B, N) = {self.movable.shape}, "
+                             f"got {tuple(actions.shape)}")
+        b = self.bounds
+        return kernels.rollout(actions.detach().cpu().numpy(), self.start, self.dt, b.min_accel, b.max_accel,
+                               b.max_yaw_rate, b.max_speed)
+
+    def scored_steps(self, states: np.ndarray) -> np.ndarray:
         """The planned steps the costs look at: ``(B, N, F', 4)``."""
         return states[..., :self.config.horizon_steps:self.config.stride, :]
 
-    def pairs(self, states: torch.Tensor, slack_m: float = 3.0) -> Pairs:
-        """The pairs whose planned centres (``states`` already cut to the scored steps) come within
-        their half lengths + ``slack_m`` at some step: the only pairs a few guidance steps can bring
-        into contact."""
-        batch, movable = self.batch, self.movable
-        with torch.no_grad():
-            xy = states[..., :2]
-            d = (xy[:, :, None] - xy[:, None]).norm(dim=-1).amin(-1)  # (B, N, N)
-            half = batch.extent.amax(-1) / 2
-            near = d < half[:, :, None] + half[:, None, :] + slack_m
-            n = movable.shape[-1]
-            idx = torch.arange(n, device=d.device)
-            both = movable[:, :, None] & movable[:, None, :]
-            keep = near & movable[:, :, None] & batch.agent_mask[:, None, :] & (idx[:, None] != idx[None, :])
-            keep &= ~both | (idx[:, None] < idx[None, :])
-            index = keep.nonzero()
-            b, i, j = index.unbind(-1)
-            gap_now = _disc_gaps(self.discs_now[b, i], self.discs_now[b, j])  # (P, 3, 3)
-            touching = (self.radius[b, i] + self.radius[b, j])[:, None, None]
-            reach = torch.minimum(touching + self.config.clearance_margin_m, gap_now)
-        return Pairs(index, reach)
+    def pairs(self, states: np.ndarray, slack_m: float = 3.0) -> Pairs:
+        """The pairs whose planned centres (``states`` ``(B, N, F, 4)``) come within their half sizes
+        + ``slack_m`` at some scored step: the only pairs a few guidance steps can bring into contact."""
+        index = kernels.candidate_pairs(np.ascontiguousarray(self.scored_steps(states)), self.half_size,
+                                        self.movable, self.valid, slack_m)
+        b, i, j = index.T
+        gap_now = np.linalg.norm(self.discs_now[b, i][:, :, None] - self.discs_now[b, j][:, None], axis=-1)
+        touching = (self.radius[b, i] + self.radius[b, j])[:, None, None]
+        return Pairs(index, np.minimum(touching + self.config.clearance_margin_m, gap_now))
 
-    def offroad(self, states: torch.Tensor) -> torch.Tensor:
-        """Off-road cost ``(B, N)`` of each scored vehicle over ``states`` (cut to the scored steps)."""
-        if self.field is None:
-            return torch.zeros(states.shape[:2], device=states.device)
-        sd = self.field(states[..., 0], states[..., 1])  # (B, N, F')
-        return (sd + self.config.offroad_margin_m).clamp(min=0).pow(2).sum(-1) * self.offroad_scored
-
-    def __call__(self, states: torch.Tensor, pairs: Pairs | None = None) -> dict[str, torch.Tensor]:
-        """``clearance``, ``offroad`` and the weighted ``total`` ``(B,)``, and ``offroad_agent``
-        ``(B, N)``; ``pairs`` from :meth:`pairs` (default: computed from ``states``)."""
-        if states.dim() != 4 or states.shape[:2] != self.movable.shape or states.shape[-1] != 4:
+    def score(self, states: np.ndarray, pairs: Pairs | None = None, grad: bool = False) -> dict:
+        """Costs of world plans ``states`` ``(B, N, F, 4)``: ``clearance``, ``offroad`` and the
+        weighted ``total`` ``(B,)`` and ``offroad_agent`` ``(B, N)`` tensors; with ``grad`` also
+        ``grad_states`` (numpy ``(B, N, F, 4)``), the gradient of ``total.sum()`` (zero for agents
+        that are not movable: they are targets only). ``pairs``: from :meth:`pairs` (default: of
+        ``states``)."""
+        if states.ndim != 4 or states.shape[:2] != self.movable.shape or states.shape[-1] != 4:
             raise ValueError(f"PlanCost: states must be world plans (B, N, F, 4) with (B, N) = "
-                             f"{tuple(self.movable.shape)}, got {tuple(states.shape)}")
-        states = self.scored_steps(states)
-        # non-movable plans are targets only: no gradient flows into them
-        states = torch.where(self.movable[..., None, None], states, states.detach())
-        if pairs is None:
-            pairs = self.pairs(states)
-        cx, cy, _ = disc_cover(states[..., 0], states[..., 1], states[..., 2], self.batch.extent[..., 0, None],
-                               self.batch.extent[..., 1, None], 3)
-        discs = torch.stack([cx, cy], -1)  # (B, N, F', 3, 2)
-        b, i, j = pairs.index.unbind(-1)
-        per_pair = (pairs.reach[:, None] - _disc_gaps(discs[b, i], discs[b, j])).clamp(min=0).pow(2).sum((-1, -2, -3))
-        clearance = torch.zeros(states.shape[0], device=states.device).index_add(0, b, per_pair)
-        offroad_agent = self.offroad(states)
+                             f"{self.movable.shape}, got {tuple(states.shape)}")
+        pairs = pairs if pairs is not None else self.pairs(states)
+        c, f = self.config, self.field
+        values, origin, res = (f.values, f.origin, f.resolution) if f is not None else (np.zeros((0, 0)), (0, 0), 1)
+        scored = np.ascontiguousarray(self.scored_steps(states), np.float64)
+        clearance, offroad_agent, g = kernels.plan_costs(
+            scored, self.offsets, self.movable, pairs.index, pairs.reach, self.offroad_scored, values, *origin, res,
+            c.offroad_margin_m, c.clearance_weight, c.offroad_weight, grad)
+        tensor = lambda a: torch.as_tensor(a, device=self.device)  # noqa: E731
         offroad = offroad_agent.sum(-1)
-        total = self.config.clearance_weight * clearance + self.config.offroad_weight * offroad
-        return {"clearance": clearance, "offroad": offroad, "total": total, "offroad_agent": offroad_agent}
+        out = {"clearance": tensor(clearance), "offroad": tensor(offroad), "offroad_agent": tensor(offroad_agent),
+               "total": tensor(c.clearance_weight * clearance + c.offroad_weight * offroad)}
+        if grad:
+            out["grad_states"] = np.zeros(states.shape)
+            out["grad_states"][..., :c.horizon_steps:c.stride, :] = g
+        return out
 
-
-def _disc_gaps(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Centre distances ``(..., 3, 3)`` between every disc of ``a`` and of ``b`` ``(..., 3, 2)``."""
-    return (a[..., :, None, :] - b[..., None, :, :]).norm(dim=-1)
+    def __call__(self, actions: torch.Tensor, pairs: Pairs | None = None, grad: bool = False) -> dict:
+        """Costs of the plans ``actions`` ``(B, N, F, 2)`` (as :meth:`score`); with ``grad`` also
+        ``grad`` ``(B, N, F, 2)``, the gradient of ``total.sum()`` w.r.t. the actions (a tensor like
+        ``actions``)."""
+        states = self.rollout(actions)
+        out = self.score(states, pairs, grad)
+        if grad:
+            b = self.bounds
+            g = kernels.rollout_vjp(actions.detach().cpu().numpy(), self.start, states, out.pop("grad_states"),
+                                    self.dt, b.min_accel, b.max_accel, b.max_yaw_rate, b.max_speed)
+            out["grad"] = torch.as_tensor(g, dtype=actions.dtype, device=actions.device)
+        return out
 
 
 def make_guide(decode: Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor], cost: PlanCost,
                num_ddim_steps: int) -> Callable[[torch.Tensor, int], torch.Tensor] | None:
     """The ``guide(x0_hat, i) -> x0_hat`` hook of :meth:`BLMModel.sample` (None when disabled).
 
-    ``decode(latents, agents)`` maps normalised latents to world states: ``(B, N, T', d) ->
-    (B, N, F, 4)`` for the scenes in ``cost.batch`` (already repeated for K samples) when
-    ``agents`` is None, and ``(M, T', d) -> (M, F, 4)`` for the agents of the bool ``(B, N)`` mask
-    ``agents`` otherwise (:meth:`BLMModel.decode`). Guides the last ``cost.config.steps`` of
-    ``num_ddim_steps`` DDIM steps.
+    ``decode(latents, agents)`` maps normalised latents to actions: ``(B, N, T', d) -> (B, N, F,
+    2)`` for the scenes of the ``cost`` (already repeated for K samples) when ``agents`` is None,
+    and ``(M, T', d) -> (M, F, 2)`` for the agents of the bool ``(B, N)`` mask ``agents`` otherwise
+    (:meth:`BLMModel.decode_actions`). Guides the last ``cost.config.steps`` of ``num_ddim_steps``
+    DDIM steps.
 
     The first iteration decodes every agent with gradient: its plans are also the base that the
     candidate pairs come from. After it only the *active* agents are decoded: the movable members
@@ -211,10 +224,11 @@ def make_guide(decode: Callable[[torch.Tensor, torch.Tensor | None], torch.Tenso
     gradient and is done: a step without cost returns ``x0_hat`` as it is, and rows leave the
     iterations once resolved.
     """
-    config, movable = cost.config, cost.movable
+    config = cost.config
     if config.steps == 0:
         return None
     first = num_ddim_steps - min(config.steps, num_ddim_steps)
+    movable = torch.as_tensor(cost.movable, device=cost.device)
 
     def guide(x0_hat: torch.Tensor, i: int) -> torch.Tensor:
         if i < first:
@@ -222,25 +236,24 @@ def make_guide(decode: Callable[[torch.Tensor, torch.Tensor | None], torch.Tenso
         x, active = x0_hat.detach(), None  # active None: the first iteration, over every agent
         for _ in range(config.iterations):
             with torch.enable_grad():
-                if active is None:
-                    xa = x.clone().requires_grad_(True)
-                    states = decode(xa, None)
-                    base = states.detach()  # every agent's plan as it enters this step
-                    pairs = cost.pairs(cost.scored_steps(base))
-                else:
-                    xa = x[active].requires_grad_(True)
-                    states = base.index_put((active,), decode(xa, active))
-                costs = cost(states, pairs)
-                live = costs["total"] > 0
-                if not live.any():  # resolved: zero gradient from here on
-                    break
-                (grad,) = torch.autograd.grad(costs["total"][live].sum(), xa)
+                xa = (x.clone() if active is None else x[active]).requires_grad_(True)
+                actions = decode(xa, active)
             if active is None:
-                rows, a, b = pairs.index.unbind(-1)
+                base = actions.detach()  # every agent's plan as it enters this step
+                pairs = cost.pairs(cost.rollout(base))
+                costs = cost(base, pairs, grad=True)
+            else:
+                costs = cost(base.index_put((active,), actions.detach()), pairs, grad=True)
+            live = costs["total"] > 0
+            if not live.any():  # resolved: zero gradient from here on
+                break
+            (grad,) = torch.autograd.grad(actions, xa, costs["grad"] if active is None else costs["grad"][active])
+            if active is None:
+                rows, a, b = torch.as_tensor(pairs.index, device=movable.device).unbind(-1)
                 active = torch.zeros_like(movable)
                 active[rows, a] = True
                 active[rows, b] = True
-                active = ((active & movable) | (costs["offroad_agent"].detach() > 0)) & live[:, None]
+                active = ((active & movable) | (costs["offroad_agent"] > 0)) & live[:, None]
                 xa, grad = xa[active], grad[active]
             # quadratic costs of deep overlaps have steep gradients: clip each agent's move
             delta = config.step_size * grad

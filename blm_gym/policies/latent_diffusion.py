@@ -92,7 +92,7 @@ class LatentDiffusionPolicy:
     def reset(self, scene: Scene, start_step: int, controlled: np.ndarray, rng: np.random.Generator) -> None:
         h = self.model.config.history_steps
         if self._field_scene is not scene:  # built once per scene, reused over its samples
-            self._field = DistanceField.from_drivable(scene.road.drivable, self.device)
+            self._field = DistanceField.from_drivable(scene.road.drivable)
             self._field_scene = scene
         self._scene = scene
         self._controlled = np.asarray(controlled, bool)
@@ -134,30 +134,27 @@ class LatentDiffusionPolicy:
         ctx = self.model.encode_context(batch)
         batch_k, ctx_k, movable_k = batch.repeat_interleave(k), ctx.repeat_interleave(k), movable.expand(k, -1)
         # the VAE learnt vehicle actions only: pedestrians, cyclists and static obstacles are
-        # predicted at constant velocity as the obstacles guidance steers around
-        f = self.model.config.future_steps
+        # predicted at constant velocity (zero actions) as the obstacles guidance steers around
         walkers = (batch_k.agent_type != AgentType.VEHICLE)[..., None, None]
-        start = batch_k.state_world  # world frame in, world frame out
-        cv = self.model.rollout(torch.zeros(*start.shape[:-1], f, 2, device=self.device), start)
 
         def decode(x: torch.Tensor, agents: torch.Tensor | None = None, horizon: int | None = g.horizon_steps):
-            actions, states = self.model.decode(x, batch_k, ctx_k, horizon, agents)
-            if agents is None:  # (agents: a subset of movable vehicles)
-                states = torch.where(walkers, cv[..., :states.shape[-2], :], states)
-            return actions, states
+            actions = self.model.decode_actions(x, batch_k, ctx_k, horizon, agents)
+            return actions if agents is not None else actions.masked_fill(walkers, 0.0)  # (agents: movable vehicles)
 
-        cost = PlanCost(batch_k, movable_k, self._field, g)
-        guide = make_guide(lambda x, agents: decode(x, agents)[1], cost, len(self.model.timesteps(self.num_steps)))
+        cost = PlanCost(batch_k, movable_k, self._field, g, self.model.config.dt)
+        guide = make_guide(decode, cost, len(self.model.timesteps(self.num_steps)))
         latents = self.model.sample(batch, k, self.num_steps, self.eta, self._gen, ctx=ctx, guide=guide)[0]
         best = 0
         if k > 1:  # keep the joint plan with the fewest conflicts (the costs look g.horizon_steps ahead)
-            best = int(torch.argmin(cost(decode(latents)[1])["total"]))
+            best = int(torch.argmin(cost(decode(latents))["total"]))
         actions, states = self.model.decode(latents[best, None], batch, ctx)  # (1, N, F, 2), (1, N, F, 4)
-        actions, states = actions[0], torch.where(walkers[best], cv[best], states[0])
-        hold = standstill(batch.state_world[0, :, 3], states[..., 3], self.standstill_speed, self.hold_steps)
+        speed_now = batch.state_world[0, :, 3]
+        speed = torch.where(walkers[best, ..., 0], speed_now[:, None], states[0, ..., 3])  # walkers: constant velocity
+        actions = actions[0]
+        hold = standstill(speed_now, speed, self.standstill_speed, self.hold_steps)
         brake = torch.zeros_like(actions)
         r = self.replan_steps  # stop gently (a jerk-free 0.5 m/s^2 or so) by the next replan
-        brake[:, :r, 0] = -batch.state_world[0, :, 3, None].clamp(min=0) / (r * self.model.config.dt)
+        brake[:, :r, 0] = -speed_now[:, None].clamp(min=0) / (r * self.model.config.dt)
         actions = torch.where(hold[:, None, None], brake, actions)
         plan = np.zeros((s.num_agents, self.model.config.future_steps, 2), np.float32)
         plan[rows[keep].cpu().numpy()] = actions[keep].cpu().numpy()
