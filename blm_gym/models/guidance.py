@@ -129,11 +129,10 @@ class PlanCost:
                              "samples")
         self.config, self.field, self.device = config, field, batch.state_world.device
         self.dt, self.bounds = dt, bounds
-        numpy = lambda t: t.detach().cpu().numpy()  # noqa: E731
-        self.start = numpy(batch.state_world).astype(np.float64)  # (B, N, 4) world x, y, heading, speed
-        self.valid = numpy(batch.agent_mask)
-        self.movable = numpy(movable) & self.valid
-        length, width = numpy(batch.extent).astype(np.float64).transpose(2, 0, 1)
+        self.start = _numpy(batch.state_world).astype(np.float64)  # (B, N, 4) world x, y, heading, speed
+        self.valid = _numpy(batch.agent_mask)
+        self.movable = _numpy(movable) & self.valid
+        length, width = _numpy(batch.extent).astype(np.float64).transpose(2, 0, 1)
         self.half_size = np.maximum(length, width) / 2
         x, y, heading = self.start[..., :3].transpose(2, 0, 1)
         zero = np.zeros_like(length)
@@ -141,7 +140,7 @@ class PlanCost:
         cx, cy, self.radius = disc_cover(x, y, heading, length, width, NUM_DISCS)
         self.discs_now = np.stack([cx, cy], -1)  # (B, N, 3, 2)
         # off-road: movable vehicles that start on the road (one that starts off it is not pushed)
-        vehicles = numpy(batch.agent_type) == AgentType.VEHICLE
+        vehicles = _numpy(batch.agent_type) == AgentType.VEHICLE
         self.offroad_scored = self.movable & vehicles & (field(x, y) <= 0 if field is not None else False)
 
     def rollout(self, actions: torch.Tensor) -> np.ndarray:
@@ -150,7 +149,7 @@ class PlanCost:
             raise ValueError(f"PlanCost: plans must be actions (B, N, F, 2) with (B, N) = {self.movable.shape}, "
                              f"got {tuple(actions.shape)}")
         b = self.bounds
-        return kernels.rollout(actions.detach().cpu().numpy(), self.start, self.dt, b.min_accel, b.max_accel,
+        return kernels.rollout(_numpy(actions), self.start, self.dt, b.min_accel, b.max_accel,
                                b.max_yaw_rate, b.max_speed)
 
     def scored_steps(self, states: np.ndarray) -> np.ndarray:
@@ -200,10 +199,14 @@ class PlanCost:
         out = self.score(states, pairs, grad)
         if grad:
             b = self.bounds
-            g = kernels.rollout_vjp(actions.detach().cpu().numpy(), self.start, states, out.pop("grad_states"),
+            g = kernels.rollout_vjp(_numpy(actions), self.start, states, out.pop("grad_states"),
                                     self.dt, b.min_accel, b.max_accel, b.max_yaw_rate, b.max_speed)
             out["grad"] = torch.as_tensor(g, dtype=actions.dtype, device=actions.device)
         return out
+
+
+def _numpy(t: torch.Tensor) -> np.ndarray:
+    return t.detach().cpu().numpy()
 
 
 def make_guide(decode: Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor], cost: PlanCost,
