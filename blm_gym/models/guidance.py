@@ -12,7 +12,7 @@ metrics:
   already closer than that (cars parked side by side) are only kept from closing in, not pushed
   apart (pushing made parked cars creep into their neighbours). Agents that are not movable
   (pedestrians, whose plans are predictions the simulator does not execute) are targets only:
-  their plans are detached, so a vehicle yields to a pedestrian rather than the other way round.
+  their plans get no gradient, so a vehicle yields to a pedestrian rather than the other way round.
 - **off-road**: movable vehicles that start inside the drivable area pay
   ``relu(signed distance to its boundary + margin)^2`` (m^2; positive outside) at every planned
   step, read bilinearly from a distance field built once per scene (:class:`DistanceField`).
@@ -40,7 +40,7 @@ from blm_gym.models.batch import AgentBatch
 from blm_gym.sim.geometry import disc_cover
 from blm_gym.sim.kinematics import DEFAULT_BOUNDS, ActionBounds
 
-NUM_DISCS = 3  # discs per agent along its length (the cover of the time-to-collision metric)
+NUM_DISCS = 3  # discs per agent along its length (sim.geometry.disc_cover): a car's box with little slack
 
 
 @dataclass(frozen=True)
