@@ -46,6 +46,7 @@ def test_distance_field_is_signed_distance_to_the_road_edge():
         assert dy == pytest.approx((step(0, 1e-4) - step(0, -1e-4)) / 2e-4, abs=1e-6)
     assert [kernels.bilinear(*args, xi, yi)[2] for xi, yi in zip(x, y)][1:] > [0, 0, -1]  # away from the middle
     assert kernels.bilinear(*args, 1e4, 1e4)[1:] == (0.0, 0.0)  # off the raster: the edge value, flat
+    assert np.isnan(field(np.array([np.nan]), np.array([0.0]))).all()  # NaN stays NaN, never a wild index
 
 
 def _states(xy_a, xy_b, steps: int = 10) -> np.ndarray:
@@ -78,6 +79,12 @@ def test_plan_costs_clearance_and_targets_only():
         cost.score(_states((0.0, 0.0), (20.0, 0.0))[..., :2])
     with pytest.raises(ValueError, match="plans must be actions"):
         cost(torch.zeros(1, 2, 10, 4))
+    with pytest.raises(ValueError, match="actions hold NaN"):
+        cost(torch.full((1, 2, 10, 2), float("nan")))
+    nan_states = _states((0.0, 0.0), (20.0, 0.0))
+    nan_states[0, 1, 3, 0] = np.nan
+    with pytest.raises(ValueError, match=r"states hold NaN or inf at \[0, 1, 3, 0\]"):
+        cost.score(nan_states)
 
 
 def test_plan_cost_of_actions_integrates_like_the_simulator_and_has_the_exact_gradient():

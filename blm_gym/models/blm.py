@@ -186,7 +186,7 @@ class BLMModel(nn.Module):
         if agents is not None:
             n = batch.agent_mask.shape
             if agents.dtype != torch.bool or agents.shape != n or latents.shape[0] != int(agents.sum()):
-                raise ValueError(f"decode: agents must be a bool {tuple(n)} mask (batch rows x agents) "
+                raise ValueError(f"decode_actions: agents must be a bool {tuple(n)} mask (batch rows x agents) "
                                  f"and latents its {int(agents.sum()) if agents.dtype == torch.bool else '?'} agents' "
                                  f"(M, T', d), got agents {agents.dtype} {tuple(agents.shape)} and latents "
                                  f"{tuple(latents.shape)}; pass full[agents] with the same mask")

@@ -148,9 +148,9 @@ class PlanCost:
         if actions.dim() != 4 or actions.shape[:2] != self.movable.shape or actions.shape[-1] != 2:
             raise ValueError(f"PlanCost: plans must be actions (B, N, F, 2) with (B, N) = {self.movable.shape}, "
                              f"got {tuple(actions.shape)}")
+        actions = _finite(_numpy(actions), "actions")
         b = self.bounds
-        return kernels.rollout(_numpy(actions), self.start, self.dt, b.min_accel, b.max_accel,
-                               b.max_yaw_rate, b.max_speed)
+        return kernels.rollout(actions, self.start, self.dt, b.min_accel, b.max_accel, b.max_yaw_rate, b.max_speed)
 
     def scored_steps(self, states: np.ndarray) -> np.ndarray:
         """The planned steps the costs look at: ``(B, N, F', 4)``."""
@@ -168,13 +168,14 @@ class PlanCost:
 
     def score(self, states: np.ndarray, pairs: Pairs | None = None, grad: bool = False) -> dict:
         """Costs of world plans ``states`` ``(B, N, F, 4)``: ``clearance``, ``offroad`` and the
-        weighted ``total`` ``(B,)`` and ``offroad_agent`` ``(B, N)`` tensors; with ``grad`` also
+        weighted ``total`` ``(B,)`` and ``offroad_agent`` ``(B, N)`` tensors, and the ``pairs``
+        scored (given, or by default :meth:`pairs` of ``states``); with ``grad`` also
         ``grad_states`` (numpy ``(B, N, F, 4)``), the gradient of ``total.sum()`` (zero for agents
-        that are not movable: they are targets only). ``pairs``: from :meth:`pairs` (default: of
-        ``states``)."""
+        that are not movable: they are targets only)."""
         if states.ndim != 4 or states.shape[:2] != self.movable.shape or states.shape[-1] != 4:
             raise ValueError(f"PlanCost: states must be world plans (B, N, F, 4) with (B, N) = "
                              f"{self.movable.shape}, got {tuple(states.shape)}")
+        _finite(states, "states")
         pairs = pairs if pairs is not None else self.pairs(states)
         c, f = self.config, self.field
         values, origin, res = (f.values, f.origin, f.resolution) if f is not None else (np.zeros((0, 0)), (0, 0), 1)
@@ -185,7 +186,7 @@ class PlanCost:
         tensor = lambda a: torch.as_tensor(a, device=self.device)  # noqa: E731
         offroad = offroad_agent.sum(-1)
         out = {"clearance": tensor(clearance), "offroad": tensor(offroad), "offroad_agent": tensor(offroad_agent),
-               "total": tensor(c.clearance_weight * clearance + c.offroad_weight * offroad)}
+               "total": tensor(c.clearance_weight * clearance + c.offroad_weight * offroad), "pairs": pairs}
         if grad:
             out["grad_states"] = np.zeros(states.shape)
             out["grad_states"][..., :c.horizon_steps:c.stride, :] = g
@@ -207,6 +208,13 @@ class PlanCost:
 
 def _numpy(t: torch.Tensor) -> np.ndarray:
     return t.detach().cpu().numpy()
+
+
+def _finite(a: np.ndarray, name: str) -> np.ndarray:
+    if not np.isfinite(a).all():
+        raise ValueError(f"PlanCost: {name} hold NaN or inf at {np.argwhere(~np.isfinite(a))[0].tolist()} (row, agent, "
+                         "step, channel); a plan must be finite: check the model's checkpoint and its inputs")
+    return a
 
 
 def make_guide(decode: Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor], cost: PlanCost,
@@ -243,8 +251,8 @@ def make_guide(decode: Callable[[torch.Tensor, torch.Tensor | None], torch.Tenso
                 actions = decode(xa, active)
             if active is None:
                 base = actions.detach()  # every agent's plan as it enters this step
-                pairs = cost.pairs(cost.rollout(base))
-                costs = cost(base, pairs, grad=True)
+                costs = cost(base, grad=True)
+                pairs = costs["pairs"]  # the candidate pairs of these plans, kept for the step
             else:
                 costs = cost(base.index_put((active,), actions.detach()), pairs, grad=True)
             live = costs["total"] > 0

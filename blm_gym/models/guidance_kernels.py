@@ -18,6 +18,7 @@ import math
 import numpy as np
 from numba import njit
 
+
 @njit(cache=True)
 def rollout(actions, start, dt, min_accel, max_accel, max_yaw_rate, max_speed):
     """States ``(R, N, F, 4)`` (x, y, heading, speed after each action) of actions ``(R, N, F, 2)``
@@ -76,6 +77,8 @@ def bilinear(values, origin_x, origin_y, resolution, x, y):
     h_, w_ = values.shape
     u = (x - origin_x) / resolution - 0.5
     v = (y - origin_y) / resolution - 0.5
+    if not (math.isfinite(u) and math.isfinite(v)):  # NaN in, NaN out (never an index off the raster)
+        return math.nan, 0.0, 0.0
     du = 1.0 / resolution if 0.0 <= u <= w_ - 1 else 0.0
     dv = 1.0 / resolution if 0.0 <= v <= h_ - 1 else 0.0
     u, v = min(max(u, 0.0), w_ - 1.0), min(max(v, 0.0), h_ - 1.0)
