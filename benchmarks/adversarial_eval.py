@@ -21,7 +21,7 @@ import json
 import numpy as np
 
 from blm_gym.data.scenarionet import ScenarioNetSource
-from blm_gym.data.source import shared_data_dir
+from shared_data import SHARED_DATA
 from blm_gym.metrics.safety import collision_steps, min_ttc_per_sample
 from blm_gym.policies import make_policy
 from blm_gym.rewards.terms import ADVERSARY_MIN_SPEED
@@ -59,7 +59,7 @@ def main() -> None:
     p.add_argument("--samples", type=int, default=8)
     p.add_argument("--horizon", type=float, default=10.0)
     args = p.parse_args()
-    source = ScenarioNetSource(shared_data_dir() / "nuscenes-mini", scene_ids=VAL)
+    source = ScenarioNetSource(SHARED_DATA / "nuscenes-mini", scene_ids=VAL)
     out = {}
     for name, path in (c.split("=", 1) for c in args.checkpoint):
         # the bare model: sampling-time guidance would steer against the adversarial objective

@@ -27,8 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from policy_table import DATASETS, evaluate  # noqa: E402
 
 from blm_gym.data.scenarionet import ScenarioNetSource  # noqa: E402
-from blm_gym.data.source import shared_data_dir  # noqa: E402
-from blm_gym.io import atomic_path  # noqa: E402
+from shared_data import SHARED_DATA
+from blm_gym.atomic_files import atomic_path  # noqa: E402
 from blm_gym.policies.latent_diffusion import DEFAULT_CHECKPOINT  # noqa: E402
 
 REPORTED = ("failure_rate", "collision_rate_any", "offroad_rate_any", "min_ttc_s", "jsd_speed", "jsd_accel", "jsd_jerk")
@@ -37,12 +37,12 @@ REPORTED = ("failure_rate", "collision_rate_any", "offroad_rate_any", "min_ttc_s
 def train_scene_ids() -> list[str]:
     """nuScenes-mini scenes minus the val scenes of ``policy_table``."""
     folder, val = DATASETS["nuscenes-val"]
-    return [s for s in ScenarioNetSource(shared_data_dir() / folder).scene_ids if s not in val]
+    return [s for s in ScenarioNetSource(SHARED_DATA / folder).scene_ids if s not in val]
 
 
 def run_finetune(checkpoint: str, reward: str, steps: int, out: Path, extra: list[str]) -> float:
     """``blm-gym finetune`` on the train scenes; returns its wall time [s]."""
-    data = shared_data_dir() / DATASETS["nuscenes-val"][0]
+    data = SHARED_DATA / DATASETS["nuscenes-val"][0]
     cmd = [sys.executable, "-m", "blm_gym.cli", "finetune", "--checkpoint", checkpoint, "--reward", reward,
            "--steps", str(steps), "--out", str(out), "--set", "env=BLM-ScenarioNet-v0", f"data_dir={data}",
            "scene_ids=" + json.dumps(train_scene_ids()), *extra]

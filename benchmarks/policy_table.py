@@ -17,10 +17,11 @@ from pathlib import Path
 import numpy as np
 
 from blm_gym.data.scenarionet import ScenarioNetSource
-from blm_gym.data.source import shared_data_dir
+from shared_data import SHARED_DATA
 from blm_gym.metrics.report import compute_report
 from blm_gym.policies import make_policy
-from blm_gym.rollout.runner import load_scene, run_rollouts
+from blm_gym.data.registry import load_scene
+from blm_gym.rollout.runner import run_rollouts
 from blm_gym.sim.state import ENTRY_CHECK_S
 
 DATASETS = {  # name -> (folder under the shared data, scene ids or None for all)
@@ -51,9 +52,9 @@ def entry_counts(rollouts) -> dict[str, int]:
 
 
 def evaluate(dataset: str, policies: list[str], samples: int, horizon: float, checkpoints: dict[str, str | None],
-             seed: int = 0, freeze_agents: bool = False, entry_check_s: float = ENTRY_CHECK_S) -> dict:
+             seed: int = 0, membership: str = "log", entry_check_s: float = ENTRY_CHECK_S) -> dict:
     folder, ids = DATASETS[dataset]
-    source = ScenarioNetSource(shared_data_dir() / folder, scene_ids=ids)
+    source = ScenarioNetSource(SHARED_DATA / folder, scene_ids=ids)
     ids = list(source.scene_ids)
     drivable = {sid: load_scene(source, sid) for sid in ids}
     out = {}
@@ -62,7 +63,7 @@ def evaluate(dataset: str, policies: list[str], samples: int, horizon: float, ch
         t0 = time.perf_counter()
         k = 1 if label == "log" else samples
         rollouts = run_rollouts(source, lambda: make_policy(label, checkpoint=checkpoints.get(ckpt_key or label)),
-                                scene_ids=ids, samples=k, horizon_s=horizon, seed=seed, freeze_agents=freeze_agents,
+                                scene_ids=ids, samples=k, horizon_s=horizon, seed=seed, membership=membership,
                                 entry_check_s=entry_check_s)
         report = compute_report(rollouts, drivable)
         out[name] = {"sim": report["overall"]["sim"], "log": report["overall"]["log"],
@@ -81,6 +82,13 @@ def markdown(results: dict) -> str:
     return "\n".join([head, *rows])
 
 
+def entry_counts_line(results: dict) -> str:
+    """One line: per policy, vehicles the log brought in / made to wait / kept out (over the samples)."""
+    return "Entries (logged / waited / kept out): " + ", ".join(
+        f"{n} {r['entries']['logged']} / {r['entries']['waited']} / {r['entries']['kept_out']}"
+        for n, r in results.items())
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--dataset", choices=sorted(DATASETS), default="nuscenes-val")
@@ -89,20 +97,20 @@ def main() -> None:
     p.add_argument("--checkpoint", action="append", default=[], help="NAME=PATH (NAME 'blm' for plain 'blm')")
     p.add_argument("--samples", type=int, default=4)
     p.add_argument("--horizon", type=float, default=10.0)
-    p.add_argument("--freeze-agents", action="store_true",
-                   help="only the agents valid at the start take part (trajdata's freeze_agents, the tbsim/CTG set-up)")
+    p.add_argument("--membership", choices=("log", "frozen", "persistent"), default="log",
+                   help="frozen: only the agents valid at the start take part (trajdata's freeze_agents, the tbsim/CTG "
+                        "set-up)")
     p.add_argument("--entry-check-s", type=float, default=ENTRY_CHECK_S,
                    help="horizon of the newcomers' entry check (blm_gym.sim.state.step; 0: spawn regardless)")
     p.add_argument("--json", default=None, help="also write the full results here")
     args = p.parse_args()
     checkpoints = dict(c.split("=", 1) for c in args.checkpoint)
     results = evaluate(args.dataset, args.policies.split(","), args.samples, args.horizon, checkpoints,
-                       freeze_agents=args.freeze_agents, entry_check_s=args.entry_check_s)
+                       membership=args.membership, entry_check_s=args.entry_check_s)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1, default=str))
     print(markdown(results))
-    print("\nentries (logged / waited / kept out): " + ", ".join(
-        f"{n}={r['entries']['logged']}/{r['entries']['waited']}/{r['entries']['kept_out']}" for n, r in results.items()))
+    print("\n" + entry_counts_line(results))
     print("seconds per policy: " + ", ".join(f"{n}={r['seconds']:.1f}" for n, r in results.items()))
 
 

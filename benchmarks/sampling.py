@@ -34,7 +34,7 @@ from blm_gym.models import BLMModel, make_agent_batch
 from blm_gym.models.guidance import GuidanceConfig
 from blm_gym.models.schedule import cosine_alpha_bar
 from blm_gym.policies.latent_diffusion import DEFAULT_CHECKPOINT, LatentDiffusionPolicy
-from blm_gym.sim.state import SimState, step
+from blm_gym.sim.state import SimulatorState, step
 
 NUM_AGENTS, FUTURE, TRAJ_CHANNELS = 32, 52, 6
 
@@ -135,9 +135,9 @@ def time_closed_loop(model: BLMModel, scene: Scene, seconds: float = 20.0, **pol
     start = model.config.history_steps - 1
     t0 = time.perf_counter()
     policy.reset(scene, start, scene.is_vehicle.copy(), np.random.default_rng(0))
-    state = SimState.from_log(scene.traj, start)
+    state = SimulatorState.from_log(scene, start)
     for _ in range(int(round(seconds / scene.dt))):
-        state = step(state, policy.act(state), scene.traj, scene.dt)
+        state = step(state, policy.act(state))
     return time.perf_counter() - t0
 
 

@@ -22,10 +22,10 @@ import numpy as np
 import shapely
 
 from blm_gym.data.scene import DrivableArea, RoadMap, Scene, Trajectories, pad_polylines
-from blm_gym.data.source import shared_data_dir
+from shared_data import SHARED_DATA
 from blm_gym.sim.geometry import box_corners, boxes_overlap, offroad
 from blm_gym.sim.kinematics import actions_from_states
-from blm_gym.sim.state import Action, SimState, step
+from blm_gym.sim.state import Action, SimulatorState, step
 from blm_gym.sim.ttc import min_time_to_collision
 
 NUM_AGENTS = 32
@@ -45,7 +45,7 @@ def per_call_ms(fn, repeats: int) -> float:
 
 def real_scene() -> tuple[Scene, int] | None:
     """The 32 vehicles nearest the ego of ``scene-0103`` at its busiest step, or None without data."""
-    root = shared_data_dir() / "nuscenes-mini"
+    root = SHARED_DATA / "nuscenes-mini"
     if not root.is_dir():
         return None
     from blm_gym.data.scenarionet import ScenarioNetSource
@@ -81,7 +81,7 @@ def synthetic_scene(seed: int = 0) -> tuple[Scene, int]:
     return scene, 0
 
 
-def shapely_loop_collisions(s: SimState) -> np.ndarray:
+def shapely_loop_collisions(s: SimulatorState) -> np.ndarray:
     """tbsim-style reference: per agent, its polygon against every other agent's, in Python."""
     corners = box_corners(s.x, s.y, s.heading, s.length, s.width)
     polys = [shapely.Polygon(c) if v else None for c, v in zip(corners, s.valid)]
@@ -96,13 +96,11 @@ def shapely_loop_collisions(s: SimState) -> np.ndarray:
     return hit
 
 
-def full_step(state: SimState, action: Action, scene: Scene):
-    """One closed-loop step and its per-agent events."""
-    s = step(state, action, scene.traj, scene.dt)
-    overlap = boxes_overlap(s.x, s.y, s.heading, s.length, s.width, s.valid)
-    off = offroad(scene.road.drivable, s.x, s.y, s.valid)
+def full_step(state: SimulatorState, action: Action):
+    """One closed-loop step (with its collision and off-road checks) and every agent's min TTC."""
+    s = step(state, action)
     ttc = min_time_to_collision(s.x, s.y, s.vx, s.vy, s.length, s.width, s.valid)
-    return s, overlap, off, ttc
+    return s, ttc
 
 
 class OneScene:
@@ -130,7 +128,7 @@ def run_env(env, num_steps: int) -> dict:
     resets = 0
     t0 = time.perf_counter()
     for _ in range(num_steps):
-        _, _, terminated, truncated, _ = env.step(logged[scene.ego_index, core.sim_state.step])
+        _, _, terminated, truncated, _ = env.step(logged[scene.ego_index, core.state.current_step])
         if terminated or truncated:
             env.reset()
             resets += 1
@@ -152,7 +150,7 @@ def env_steps_per_second(scene: Scene, num_steps: int) -> dict:
 
     config = EnvConfig(horizon_s=1e3, terminate_on_collision=False)
     out = {"scene_env_32": run_env(SceneEnv(OneScene(scene), config=config, background="log"), num_steps)}
-    root = shared_data_dir() / "nuscenes-mini"
+    root = SHARED_DATA / "nuscenes-mini"
     if scene.source == "nuscenes" and root.is_dir():
         env = gym.make("BLM-nuScenes-v0", data_dir=root, scene_ids=[SCENE_ID], background="log", config=config)
         out["gym_make"] = {"env_id": "BLM-nuScenes-v0", **run_env(env, num_steps)}
@@ -167,7 +165,7 @@ def main() -> None:
 
     found = real_scene()
     scene, t = found if found is not None else synthetic_scene()
-    state = SimState.from_log(scene.traj, t)
+    state = SimulatorState.from_log(scene, t)
     n = scene.num_agents
 
     vec_ms = per_call_ms(lambda: boxes_overlap(state.x, state.y, state.heading, state.length, state.width,
@@ -175,7 +173,7 @@ def main() -> None:
     loop_ms = per_call_ms(lambda: shapely_loop_collisions(state), max(10, args.repeats // 10))
     vec_hits = boxes_overlap(state.x, state.y, state.heading, state.length, state.width, state.valid).any(-1)
     action = Action(np.zeros((n, 2), np.float32), np.zeros(n, bool))
-    step_ms = per_call_ms(lambda: full_step(state, action, scene), args.repeats)
+    step_ms = per_call_ms(lambda: full_step(state, action), args.repeats)
 
     print(json.dumps({
         "scene": scene.scene_id, "step": t, "num_agents": n, "valid_agents": int(state.valid.sum()),

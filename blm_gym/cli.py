@@ -10,44 +10,68 @@ from pathlib import Path
 os.environ.setdefault("SDL_VIDEODRIVER", "dummy")  # offscreen pygame unless the user asks otherwise
 
 
+def _flag_overrides(args, names: dict[str, str]) -> list[str]:
+    """``key=value`` overrides for the flags in ``names`` (flag attribute -> config field) that were given."""
+    out = []
+    for attr, field in names.items():
+        value = getattr(args, attr)
+        if value is not None and value is not False:
+            out.append(f"{field}={json.dumps(value) if not isinstance(value, str) else value}")
+    return out
+
+
 def cmd_rollout(args) -> int:
+    from blm_gym.config import config_to_dict, load_config
     from blm_gym.envs import scene_source
     from blm_gym.policies import make_policy
     from blm_gym.rollout.h5 import write_rollouts
-    from blm_gym.rollout.runner import run_rollouts
+    from blm_gym.rollout.runner import RolloutConfig, run_rollouts
 
-    scene_ids = args.scenes.split(",") if args.scenes else None
-    source = scene_source(args.env, args.data_dir, scene_ids)
-    ids = list(source.scene_ids)
-    rollouts = run_rollouts(source, lambda: make_policy(args.policy, checkpoint=args.checkpoint), scene_ids=ids,
-                            samples=args.samples, start_step=args.start_step, horizon_s=args.horizon,
-                            controlled=args.controlled, seed=args.seed, freeze_agents=args.freeze_agents,
-                            entry_check_s=args.entry_check_s)
-    config = {k: v for k, v in vars(args).items() if k != "func"}
-    path = write_rollouts(args.out, rollouts, config)
-    print(f"wrote {len(rollouts)} scene(s) x {args.samples} sample(s) to {path}")
-    if args.render:
+    flags = {"env": "env", "data_dir": "data_dir", "policy": "policy", "checkpoint": "checkpoint", "samples": "samples",
+             "start_step": "start_step", "horizon": "horizon_s", "controlled": "controlled", "seed": "seed",
+             "membership": "membership", "entry_check_s": "entry_check_s", "protocol": "protocol", "out": "out"}
+    overrides = _flag_overrides(args, flags) + ([f"scenes={json.dumps(args.scenes.split(','))}"] if args.scenes else [])
+    cfg = load_config(RolloutConfig, args.config, overrides + list(args.set)).resolved()
+    source = scene_source(cfg.env, cfg.data_dir, list(cfg.scenes) or None)
+    rollouts = run_rollouts(source, lambda: make_policy(cfg.policy, checkpoint=cfg.checkpoint),
+                            scene_ids=list(source.scene_ids), samples=cfg.samples, start_step=cfg.start_step,
+                            horizon_s=cfg.horizon_s, controlled=cfg.controlled, seed=cfg.seed,
+                            membership=cfg.membership, entry_check_s=cfg.entry_check_s)
+    path = write_rollouts(cfg.out, rollouts, json.loads(json.dumps(config_to_dict(cfg), default=str)))
+    print(f"wrote {len(rollouts)} scene(s) x {cfg.samples} sample(s) to {path}")
+    if args.render or args.render_img:
+        from blm_gym.render import write_png
         from blm_gym.render.draw import RenderConfig
-        from blm_gym.render.replay import render_rollout_videos
+        from blm_gym.render.replay import render_rollout_videos, rollout_frames
+        from blm_gym.data.registry import load_scene
 
-        cfg = RenderConfig(width=args.render_size, height=args.render_size, px_per_m=args.px_per_m)
-        for video in render_rollout_videos(rollouts, source, Path(args.out).with_suffix(""), cfg, args.draw_mode):
-            print(f"wrote {video}")
+        render_cfg = RenderConfig(width=args.render_size, height=args.render_size, px_per_m=args.px_per_m)
+        out_dir = Path(cfg.out).with_suffix("")
+        if args.render:
+            for video in render_rollout_videos(rollouts, source, out_dir, render_cfg, args.draw_mode):
+                print(f"wrote {video}")
+        if args.render_img:  # the first frame of each scene's first sample, as a PNG
+            for r in rollouts:
+                frame = rollout_frames(r, 0, load_scene(source, r.scene_id), render_cfg, args.draw_mode, steps=1)[0]
+                print(f"wrote {write_png(frame, out_dir / f'{r.scene_id}_s0.png')}")
     return 0
 
 
 def cmd_metrics(args) -> int:
+    from blm_gym.data.registry import load_scene
     from blm_gym.envs import scene_source
-    from blm_gym.rollout.runner import load_scene
     from blm_gym.metrics.report import compute_report, format_table, write_report
     from blm_gym.rollout.h5 import read_rollouts
 
     rollouts, meta = read_rollouts(args.rollout)
+    ids = [r.scene_id for r in rollouts]
+    duplicates = sorted({s for s in ids if ids.count(s) > 1})
+    if duplicates:
+        raise ValueError(f"{args.rollout} holds scene ids {duplicates} more than once; score one policy run per file")
     cfg = meta.get("config", {})
-    source = scene_source(cfg.get("env", "BLM-Synthetic-v0"), args.data_dir or cfg.get("data_dir"),
-                           [r.scene_id for r in rollouts])
-    drivable = {sid: load_scene(source, sid).road.drivable for sid in {r.scene_id for r in rollouts}}
-    report = compute_report(rollouts, drivable)
+    source = scene_source(cfg.get("env", "BLM-Synthetic-v0"), args.data_dir or cfg.get("data_dir"), ids)
+    scenes = {sid: load_scene(source, sid) for sid in ids}
+    report = compute_report(rollouts, scenes)
     out = write_report(report, args.out)
     print(format_table(report))
     print(f"wrote {out}")
@@ -94,7 +118,7 @@ def cmd_demo(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from blm_gym.sim.state import ENTRY_CHECK_S  # numpy only: keeps `blm-gym --help` fast
+    from blm_gym.sim.state import ENTRY_CHECK_S, Membership  # numpy only: keeps `blm-gym --help` fast
 
     p = argparse.ArgumentParser(prog="blm-gym", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -127,24 +151,31 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--resume", action="store_true")
     f.set_defaults(func=cmd_finetune)
 
-    r = sub.add_parser("rollout", help="closed-loop rollouts of a policy, recorded to HDF5")
-    r.add_argument("--env", default="BLM-Synthetic-v0", help="env id whose scenes to use")
+    r = sub.add_parser("rollout", help="closed-loop rollouts of a policy, recorded to HDF5 (RolloutConfig; flags "
+                       "override --config, --set overrides both)")
+    r.add_argument("--env", default=None, help="env id whose scenes to use (default BLM-Synthetic-v0)")
     r.add_argument("--data-dir", default=None)
-    r.add_argument("--policy", default="idm", help="log | constant_velocity | idm | blm | blm_unguided")
+    r.add_argument("--policy", default=None, help="log | constant_velocity | idm (default) | blm | blm_unguided")
     r.add_argument("--checkpoint", default=None, help="BLM weights for --policy blm (default: shipped model)")
     r.add_argument("--scenes", default=None, help="comma-separated scene ids (default: all)")
-    r.add_argument("--samples", type=int, default=1)
-    r.add_argument("--start-step", type=int, default=30)
-    r.add_argument("--horizon", type=float, default=10.0, help="seconds")
-    r.add_argument("--controlled", default="all_vehicles", help="all_vehicles | all | non_ego")
-    r.add_argument("--seed", type=int, default=0)
-    r.add_argument("--freeze-agents", action="store_true",
-                   help="only the agents valid at the start step take part; none enters later (trajdata/tbsim)")
-    r.add_argument("--entry-check-s", type=float, default=ENTRY_CHECK_S,
+    r.add_argument("--samples", type=int, default=None)
+    r.add_argument("--start-step", type=int, default=None)
+    r.add_argument("--horizon", type=float, default=None, help="seconds")
+    r.add_argument("--controlled", default=None, help="all_vehicles (default) | all | non_ego")
+    r.add_argument("--seed", type=int, default=None)
+    r.add_argument("--membership", choices=[m.value for m in Membership], default=None,
+                   help="log (default): agents enter and leave as logged; frozen: only those at the start, leaving "
+                        "when their log ends (trajdata/tbsim); persistent: only those at the start, for the whole run")
+    r.add_argument("--entry-check-s", type=float, default=None,
                    help="a newcomer waits while its logged box would overlap a simulated agent, or reach one "
-                        "sooner than in the log, within this many seconds (0: spawn regardless)")
-    r.add_argument("--out", default="results/rollout.h5")
+                        f"sooner than in the log, within this many seconds (default {ENTRY_CHECK_S:g}; 0: off)")
+    r.add_argument("--protocol", choices=("closed_loop", "wosac"), default=None,
+                   help="wosac: current step 10, 80 steps, 32 samples, every agent valid then simulated throughout")
+    r.add_argument("--out", default=None, help="HDF5 file (default results/rollout.h5)")
+    r.add_argument("--config", default=None, help="JSON/TOML file with RolloutConfig fields")
+    r.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="RolloutConfig overrides")
     r.add_argument("--render", action="store_true", help="also write one mp4 per scene and sample")
+    r.add_argument("--render-img", action="store_true", help="also write the first frame of each scene as a PNG")
     r.add_argument("--render-size", type=int, default=600)
     r.add_argument("--px-per-m", type=float, default=5.0)
     r.add_argument("--draw-mode", choices=("action", "entire_traj", "map"), default="action")

@@ -18,7 +18,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from blm_gym.config import config_to_dict
-from blm_gym.io import atomic_path
+from blm_gym.atomic_files import atomic_path
 
 STAGES = ("vae", "diffusion", "finetune", "evaluate")
 
@@ -49,13 +49,12 @@ def _scenes(cfg: DemoConfig):
     """(source, train scenes, eval scene ids)."""
     if cfg.data not in ENV_IDS:
         raise ValueError(f"demo: data must be one of {sorted(ENV_IDS)}, got {cfg.data!r}")
-    if cfg.data == "synthetic":
-        from blm_gym.data.synthetic import SyntheticSource
+    from blm_gym.envs import scene_source
 
-        source = SyntheticSource(num_scenes=cfg.synthetic_scenes, seed=cfg.seed)
+    if cfg.data == "synthetic":
+        source = scene_source(ENV_IDS[cfg.data], num_scenes=cfg.synthetic_scenes, seed=cfg.seed)
         eval_ids = [s for s in cfg.eval_scenes if s in source.scene_ids] or list(source.scene_ids[-2:])
     else:
-        from blm_gym.envs import scene_source
         from blm_gym.train.common import NUSCENES_MINI_VAL
 
         source = scene_source(ENV_IDS[cfg.data], cfg.data_dir)
@@ -135,7 +134,8 @@ def evaluate(source, eval_ids: list[str], checkpoints: dict[str, Path], cfg: Dem
     from blm_gym.render import RenderConfig, contact_sheet, write_png, write_video
     from blm_gym.render.replay import rollout_frames
     from blm_gym.rollout.h5 import write_rollouts
-    from blm_gym.rollout.runner import load_scene, run_rollouts
+    from blm_gym.data.registry import load_scene
+    from blm_gym.rollout.runner import run_rollouts
 
     scenes = {sid: load_scene(source, sid) for sid in eval_ids}
     all_rollouts, summary = [], {"definitions": None, "scenes": eval_ids, "samples": cfg.samples}
@@ -143,7 +143,7 @@ def evaluate(source, eval_ids: list[str], checkpoints: dict[str, Path], cfg: Dem
         # the bare model (no sampling-time guidance): the before/after shows what stage 3 changed
         rollouts = run_rollouts(source, lambda: make_policy("blm_unguided", checkpoint=str(ckpt)), scene_ids=eval_ids,
                                 samples=cfg.samples, horizon_s=cfg.horizon_s, seed=cfg.seed)
-        rollouts = [replace(r, policy=f"blm-{name}") for r in rollouts]
+        rollouts = [replace(r, policy=f"blm_unguided-{name}") for r in rollouts]
         report = compute_report(rollouts, scenes)
         write_report(report, out / f"metrics_{name}")
         summary[name] = report["overall"]["sim"]
@@ -152,7 +152,7 @@ def evaluate(source, eval_ids: list[str], checkpoints: dict[str, Path], cfg: Dem
         all_rollouts += rollouts
     write_rollouts(out / "rollout.h5", all_rollouts,
                    {"demo": config_to_dict(cfg), "env": ENV_IDS[cfg.data], "data_dir": cfg.data_dir})
-    finetuned = [r for r in all_rollouts if r.policy == "blm-finetuned"]
+    finetuned = [r for r in all_rollouts if r.policy == "blm_unguided-finetuned"]
     frames = rollout_frames(finetuned[0], 0, scenes[finetuned[0].scene_id], RenderConfig(width=480, height=480))
     write_video(frames, out / "rollout.mp4", fps=10)
     picks = [frames[i] for i in range(0, len(frames), max(1, len(frames) // 8))][:8]

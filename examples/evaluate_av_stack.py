@@ -9,9 +9,11 @@ the observation dict only (ego frame, metres, m/s):
 - gap keeping: the Intelligent Driver Model (Treiber et al. 2000) behind the nearest agent in
   the ego's corridor.
 
-It is scored with the reward wrappers of :mod:`blm_gym.rewards` against several backgrounds: the
-logged traffic (non-reactive), IDM, the pretrained BLM model and, when it exists, a BLM model
-fine-tuned toward safety-critical behaviour (``--adversarial-checkpoint``). Prints one row per
+It drives against several backgrounds: the logged traffic (non-reactive), IDM, the pretrained
+BLM model and, when it exists, a BLM model fine-tuned toward safety-critical behaviour
+(``--adversarial-checkpoint``). Each episode is recorded (``env.unwrapped.rollout()``) and scored
+by the metric report, the ego being the controlled vehicle, as ``blm-gym metrics`` scores a
+rollout file; the reward wrappers of :mod:`blm_gym.rewards` give the return. Prints one row per
 background and writes one mp4 per background (the first episode).
 
 Run: ``python examples/evaluate_av_stack.py --episodes 2 --out results/av_stack``
@@ -31,7 +33,9 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import blm_gym  # noqa: E402,F401  (registers the env ids)
-from blm_gym.data.source import shared_data_dir  # noqa: E402
+
+from blm_gym.data.registry import load_scene  # noqa: E402
+from blm_gym.metrics import compute_report  # noqa: E402
 from blm_gym.policies import make_policy  # noqa: E402
 from blm_gym.render import RenderConfig, write_video  # noqa: E402
 from blm_gym.rewards import CollisionPenalty, OffroadPenalty, ProgressReward, TTCPenalty  # noqa: E402
@@ -92,26 +96,22 @@ def make_env(data_dir: Path, background, render: bool) -> gym.Env:
     return TTCPenalty(OffroadPenalty(CollisionPenalty(ProgressReward(env), weight=10.0), weight=5.0), weight=1.0)
 
 
-def run_episode(env: gym.Env, stack: RuleBasedStack, scene_index: int, seed: int, frames: list | None) -> dict:
+def run_episode(env: gym.Env, stack: RuleBasedStack, scene_index: int, seed: int, frames: list | None):
+    """One episode: its return and its record (a one-sample Rollout, the ego the controlled vehicle)."""
     obs, info = env.reset(seed=seed, options={"scene_index": scene_index})
-    ret, steps, collided, offroad_steps, min_ttc = 0.0, 0, False, 0, info["min_ttc"]
-    done = False
+    ret, done = 0.0, False
     while not done:
         if frames is not None:
             frames.append(env.render())
         obs, reward, terminated, truncated, info = env.step(stack(obs))
-        ret, steps = ret + reward, steps + 1
-        collided |= info["collision"]
-        offroad_steps += info["offroad"]
-        min_ttc = min(min_ttc, info["min_ttc"])
+        ret += reward
         done = terminated or truncated
-    return {"collision": float(collided), "offroad": offroad_steps / steps, "min_ttc": min_ttc, "return": ret,
-            "steps": steps}
+    return ret, env.unwrapped.rollout("av-stack")
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--data-dir", type=Path, default=shared_data_dir() / "nuscenes-mini",
+    p.add_argument("--data-dir", type=Path, default=Path(os.environ.get("BLM_GYM_DATA", "../shared/data")) / "nuscenes-mini",
                    help="nuScenes: a ScenarioNet folder or a raw nuScenes root")
     p.add_argument("--episodes", type=int, default=2, help="episodes (seeds) per val scene and background")
     p.add_argument("--backgrounds", default="log,idm,blm", help="comma-separated background policies")
@@ -135,21 +135,25 @@ def main() -> None:
     rows = []
     for name, background in backgrounds.items():
         env = make_env(args.data_dir, background, render=True)
-        results, frames, t0 = [], [], time.perf_counter()
+        returns, episodes, frames, t0 = [], [], [], time.perf_counter()
         for scene_index in range(len(VAL_SCENES)):
             for seed in range(args.episodes):
-                record = frames if not results else None  # video of the first episode only
-                results.append(run_episode(env, stack, scene_index, seed, record))
-        seconds = (time.perf_counter() - t0) / len(results)
+                ret, episode = run_episode(env, stack, scene_index, seed, frames if not episodes else None)
+                returns.append(ret)
+                episodes.append(episode)
+        seconds = (time.perf_counter() - t0) / len(episodes)
         video = write_video(frames, args.out / f"ego_vs_{name}.mp4")
+        scenes = {s: load_scene(env.unwrapped.source, s) for s in VAL_SCENES}
+        ego = compute_report(episodes, scenes)["overall"]["sim"]
         env.close()
-        mean = {k: float(np.mean([r[k] for r in results])) for k in results[0]}
-        rows.append(f"{name:<16}{len(results):>9}{mean['collision']:>11.2f}{mean['offroad']:>10.3f}"
-                    f"{min(r['min_ttc'] for r in results):>11.2f}{mean['return']:>9.1f}{seconds:>7.2f}")
-        print(f"{name}: {len(results)} episodes, video {video}")
-    print("\nego metrics over the val scenes: collision = share of episodes with an ego collision (ends it);"
-          "\noff-road = share of ego steps off the drivable area; min TTC = lowest ego time-to-collision"
-          "\n(constant-velocity projection, 5 s horizon); return = mean episode return of the wrapped env.")
+        value = lambda m: float("nan") if ego[m]["value"] is None else ego[m]["value"]  # noqa: E731
+        rows.append(f"{name:<16}{len(episodes):>9}{value('collision_rate_any'):>11.2f}"
+                    f"{value('offroad_rate_step'):>10.3f}{value('min_ttc_s'):>11.2f}{np.mean(returns):>9.1f}"
+                    f"{seconds:>7.2f}")
+        print(f"{name}: {len(episodes)} episodes, video {video}")
+    print("\nego metrics over the val scenes (blm-gym metrics on the recorded episodes): collision = "
+          "collision_rate_any,\noff-road = offroad_rate_step, min TTC = min_ttc_s (mean over episodes); "
+          "return = mean episode return of the wrapped env.")
     print(header, *rows, sep="\n")
 
 

@@ -16,6 +16,7 @@ Run: ``python examples/train_ego_ppo.py --minutes 3``  (``--smoke``: a few secon
 from __future__ import annotations
 
 import argparse
+import os
 import logging
 import time
 import warnings
@@ -27,8 +28,8 @@ import torch
 from gymnasium.wrappers import FlattenObservation, TransformObservation
 
 import blm_gym  # noqa: F401  (registers the env ids)
-from blm_gym.data.source import shared_data_dir
-from blm_gym.io import atomic_path
+
+from blm_gym.atomic_files import atomic_path
 from blm_gym.rewards import CollisionPenalty, OffroadPenalty, ProgressReward
 from tianshou.algorithm import PPO
 from tianshou.algorithm.modelfree.reinforce import ProbabilisticActorPolicy
@@ -92,7 +93,7 @@ def build_ppo(obs_dim: int, action_space: gym.spaces.Box, lr: float) -> PPO:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--data-dir", type=Path, default=shared_data_dir() / "nuscenes-mini",
+    p.add_argument("--data-dir", type=Path, default=Path(os.environ.get("BLM_GYM_DATA", "../shared/data")) / "nuscenes-mini",
                    help="a ScenarioNet nuScenes folder")
     p.add_argument("--background", default="blm", help="policy driving the other agents: blm | idm | log")
     p.add_argument("--minutes", type=float, default=3.0, help="wall-time budget")

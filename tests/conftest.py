@@ -1,15 +1,17 @@
 import os
+from pathlib import Path
 
 import pytest
 
 os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
 
-from blm_gym.data.source import shared_data_dir  # noqa: E402
+# Real data: $BLM_GYM_DATA, else ../shared/data beside the repo (the library itself never guesses a path).
+SHARED_DATA = Path(os.environ.get("BLM_GYM_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data")
 
 
 @pytest.fixture(scope="session")
 def data_root():
-    root = shared_data_dir()
+    root = SHARED_DATA
     if not (root / "nuscenes-mini").is_dir():
         pytest.skip(f"real data not found at {root}; set BLM_GYM_DATA to the folder holding nuscenes-mini/")
     return root

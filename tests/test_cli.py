@@ -5,6 +5,7 @@ import h5py
 import pytest
 
 from blm_gym.cli import main
+from blm_gym.rollout import SCHEMA_VERSION
 
 
 @pytest.mark.realdata
@@ -13,7 +14,7 @@ def test_rollout_then_metrics_on_nuscenes(nuscenes_dir, tmp_path, capsys):
     assert main(["rollout", "--env", "BLM-nuScenes-v0", "--data-dir", str(nuscenes_dir), "--policy", "idm",
                  "--scenes", "scene-0103", "--horizon", "2", "--out", str(out), "--render"]) == 0
     with h5py.File(out) as f:
-        assert f.attrs["schema_version"] == 1 and len(f["rollouts"]) == 1
+        assert f.attrs["schema_version"] == SCHEMA_VERSION and len(f["rollouts"]) == 1
     assert (tmp_path / "idm" / "scene-0103_s0.mp4").stat().st_size > 0
     assert main(["metrics", str(out), "--out", str(tmp_path / "m")]) == 0
     report = json.loads((tmp_path / "m" / "metrics.json").read_text())

@@ -64,10 +64,10 @@ def test_log_replay_ego_follows_log_and_truncates(nuscenes_dir):
         n += 1
         done = term or trunc
     assert trunc and n == 20
-    s = base.sim_state
+    s = base.state
     others = np.arange(scene.num_agents) != ego
     np.testing.assert_allclose(s.x[others & s.valid], scene.traj.x[others & s.valid, s.step], atol=1e-5)
-    assert {"collision", "offroad", "min_ttc", "collisions", "offroads"} <= set(info)
+    assert {"collision", "offroad", "min_ttc", "agent_collision", "agent_offroad", "agent_mask"} <= set(info)
 
 
 @pytest.mark.realdata
@@ -90,11 +90,11 @@ def test_joint_control_mode_drives_all_slots(nuscenes_dir):
     slots = info["agent_slots"]
     used = slots[slots >= 0]
     assert len(used) > 0 and np.all(env.unwrapped.scene.agent_type[used] == AgentType.VEHICLE)
-    before = env.unwrapped.sim_state
+    before = env.unwrapped.state
     action = np.zeros((16, 2), np.float32)
     action[:, 0] = 2.0  # everyone accelerates
     env.step(action)
-    after = env.unwrapped.sim_state
+    after = env.unwrapped.state
     moved = used[before.valid[used] & after.valid[used]]
     np.testing.assert_allclose(after.speed[moved], np.minimum(before.speed[moved] + 0.2, 40), atol=1e-5)
 

@@ -189,14 +189,14 @@ def test_guided_policy_keeps_head_on_cars_apart_in_closed_loop():
     """Both cars driven by the shipped guided policy for 4 s: their boxes never overlap and they
     stay on the 7 m road, although the log drives them through each other."""
     from blm_gym.sim.geometry import agent_collisions, offroad
-    from blm_gym.sim.state import SimState, step
+    from blm_gym.sim.state import SimulatorState, step
 
     scene = head_on_scene(gap_m=60.0, steps=60)
     policy = LatentDiffusionPolicy.from_checkpoint()
     policy.reset(scene, 10, np.ones(2, bool), np.random.default_rng(0))
-    state = SimState.from_log(scene.traj, 10)
+    state = SimulatorState.from_log(scene, 10)
     for _ in range(40):
-        state = step(state, policy.act(state), scene.traj, scene.dt)
+        state = step(state, policy.act(state))
         assert not agent_collisions(state.x, state.y, state.heading, state.length, state.width, state.valid).any()
         assert not offroad(scene.road.drivable, state.x, state.y, state.valid).any()
     log_end = scene.traj.x[:, 50]

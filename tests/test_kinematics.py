@@ -5,14 +5,15 @@ import dataclasses
 
 import numpy as np
 import pytest
+import shapely
 import torch
 
-from blm_gym.data.scene import Trajectories
+from blm_gym.data.scene import AgentType, DrivableArea, RoadMap, Scene, Trajectories, pad_polylines
 from blm_gym.sim.geometry import boxes_overlap
 from blm_gym.sim.kinematics import (
     DEFAULT_BOUNDS, ActionBounds, actions_from_states, unicycle_rollout, unicycle_step,
 )
-from blm_gym.sim.state import Action, SimState, step
+from blm_gym.sim.state import Action, Membership, SimulatorState, step
 
 torch.set_num_threads(1)
 DT = 0.1
@@ -102,30 +103,38 @@ def make_log(rng, n=4, steps=12) -> Trajectories:
     return Trajectories.from_states(x, y, heading, speed, np.full(n, 4.5), np.full(n, 2.0), valid)
 
 
+def start(log: Trajectories, membership=Membership.LOG) -> SimulatorState:
+    """The simulation of ``log`` (as a scene without a map) at step 0."""
+    scene = Scene("log", "test", DT, tuple(map(str, range(log.num_agents))),
+                  np.full(log.num_agents, AgentType.VEHICLE, np.int8), 0, log,
+                  RoadMap(*pad_polylines([]), *pad_polylines([]), DrivableArea.from_geometry(shapely.Polygon())))
+    return SimulatorState.from_log(scene, 0, membership)
+
+
 def test_log_replay_reproduces_the_log_exactly():
     log = make_log(np.random.default_rng(1))
     n = log.num_agents
-    state = SimState.from_log(log, 0)
+    state = start(log)
     action = Action(np.full((n, 2), 3.0, np.float32), np.ones(n, bool))  # ignored under replay
     for t in range(1, log.num_steps):
-        state = step(state, action, log, DT)
+        state = step(state, action)
         assert state.step == t
         np.testing.assert_array_equal(state.valid, log.valid[:, t])
         for name in ("x", "y", "heading", "speed"):
-            np.testing.assert_array_equal(getattr(state, name), getattr(log, name)[:, t])
+            np.testing.assert_array_equal(getattr(state, name)[state.valid], getattr(log, name)[state.valid, t])
     with pytest.raises(ValueError, match="cannot step past"):
-        step(state, action, log, DT)
+        step(state, action)
 
 
 def test_step_integrates_controlled_agents_and_spawns_late_agents():
     log = make_log(np.random.default_rng(2))
     n = log.num_agents
-    state = SimState.from_log(log, 0)
+    state = start(log)
     accel_yaw = np.tile(np.array([[1.0, 0.1]], np.float32), (n, 1))
     action = Action(accel_yaw, np.array([False, False, False, True]))
     for t in range(1, log.num_steps):
         prev = state
-        state = step(prev, action, log, DT)
+        state = step(prev, action)
         x, y, h, v = unicycle_step(prev.x, prev.y, prev.heading, prev.speed, 1.0, 0.1, DT)
         controlled = prev.valid & state.valid & ~action.replay_log
         np.testing.assert_allclose(state.x[controlled], x[controlled], rtol=1e-6)
@@ -145,13 +154,15 @@ def test_frozen_agents_never_enter_but_still_leave():
     log = dataclasses.replace(log, valid=gap)
     n = log.num_agents
     action = Action(np.zeros((n, 2), np.float32), np.zeros(n, bool))
-    frozen, spawning = SimState.from_log(log, 0), SimState.from_log(log, 0)
+    frozen, spawning, persistent = start(log, "frozen"), start(log), start(log, "persistent")
     for _ in range(1, log.num_steps):
-        frozen = step(frozen, action, log, DT, freeze_agents=True)
-        spawning = step(spawning, action, log, DT)
+        frozen, spawning, persistent = (step(s, action) for s in (frozen, spawning, persistent))
     assert spawning.valid[0] and spawning.valid[1]  # re-entered / entered at their logged states
     assert not frozen.valid[0] and not frozen.valid[1]  # not valid at step 0 without a gap: never joins
     assert not frozen.valid[2] and frozen.valid[3]  # agent 2 left as the log says; agent 3 stayed
+    # persistent (WOSAC): the agents valid at the start stay throughout, through gaps and past their
+    # log's end, and nobody joins
+    np.testing.assert_array_equal(persistent.sim.valid[:, 1:], np.repeat(log.valid[:, :1], log.num_steps - 1, 1))
 
 
 def lagging_leader_log(steps: int = 40) -> Trajectories:
@@ -170,9 +181,9 @@ def test_newcomer_waits_while_a_simulated_agent_blocks_its_spawn():
     brake = Action(np.array([[-10.0, 0.0], [0.0, 0.0]], np.float32), np.zeros(2, bool))  # car 0 stops at ~5 m
     runs = {}
     for check in (0.0, 2.0):
-        state, states = SimState.from_log(log, 0), []
+        state, states = start(log), []
         for _ in range(1, log.num_steps):
-            state = step(state, brake, log, DT, entry_check_s=check)
+            state = step(state, brake, entry_check_s=check)
             states.append(state)
         runs[check] = states
     hits = lambda states: [boxes_overlap(s.x, s.y, s.heading, log.length, log.width, s.valid)[0, 1]  # noqa: E731
@@ -191,13 +202,13 @@ def test_newcomer_waits_while_a_simulated_agent_blocks_its_spawn():
 def test_entry_check_leaves_log_replay_alone():
     log = lagging_leader_log()
     replay = Action(np.zeros((2, 2), np.float32), np.ones(2, bool))
-    state = SimState.from_log(log, 0)
+    state = start(log)
     for t in range(1, log.num_steps):
-        state = step(state, replay, log, DT)
+        state = step(state, replay)
         np.testing.assert_array_equal(state.valid, log.valid[:, t])
     for bad in (-1.0, float("nan")):
         with pytest.raises(ValueError, match="entry_check_s must be >= 0"):
-            step(SimState.from_log(log, 0), replay, log, DT, entry_check_s=bad)
+            step(start(log), replay, entry_check_s=bad)
 
 
 def test_rollout_closed_form_of_the_zero_clip_equals_stepping():

@@ -28,9 +28,9 @@ def make_rollout(x, y=None, heading=None, speed=None, valid=None, *, types=None,
     types = np.full(n, AgentType.VEHICLE, np.int8) if types is None else np.asarray(types, np.int8)
     log = Trajectories.from_states(x[0] if log_x is None else log_x, y[0], heading[0], speed[0],
                                    np.full(n, length), np.full(n, width), valid[0])
-    return Rollout(scene_id="s0", source="test", policy="hand", dt=dt, start_step=0, ego_index=0,
-                   agent_ids=tuple(map(str, range(n))), agent_type=types, controlled=np.ones(n, bool),
-                   x=x, y=y.copy(), heading=heading.copy(), speed=speed.copy(), valid=valid.copy(), log=log)
+    return Rollout.from_states(ROAD, scene_id="s0", source="test", policy="hand", dt=dt, start_step=0, ego_index=0,
+                               agent_ids=tuple(map(str, range(n))), agent_type=types, controlled=np.ones(n, bool),
+                               x=x, y=y.copy(), heading=heading.copy(), speed=speed.copy(), valid=valid.copy(), log=log)
 
 
 def test_collision_counts_both_forms():
@@ -54,7 +54,7 @@ def test_offroad_at_known_step():
     x = np.stack([91.0 + 2.0 * t, 0.0 * t])[None]
     y = np.stack([0.0 * t, 0.0 * t + 30.0])[None]
     r = make_rollout(x, y)
-    off = offroad_steps(r, ROAD)[0]  # simulated steps t = 1..10
+    off = offroad_steps(r)[0]  # simulated steps t = 1..10
     assert np.flatnonzero(off[0])[0] + 1 == 5 and off[0, 4:].all() and off[1].all()
     m = safety_metrics(r, ROAD)
     assert m["offroad_rate_step"].value == pytest.approx(6 / 10)

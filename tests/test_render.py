@@ -9,10 +9,10 @@ import pytest
 import shapely
 
 from blm_gym.data.scene import AgentType, DrivableArea, RoadMap, Scene, Trajectories, pad_polylines
-from blm_gym.data.source import shared_data_dir
+from conftest import SHARED_DATA
 from blm_gym.render import RenderConfig, Renderer, contact_sheet, render_frame, write_png, write_video
 from blm_gym.render import draw
-from blm_gym.sim.state import SimState
+from blm_gym.sim.state import SimulatorState
 
 EGO_XY = (30.0, 10.0)
 PLAIN = RenderConfig(width=320, height=240, px_per_m=5.0, show_text=False, draw_lanes=False)
@@ -46,7 +46,7 @@ def pixel_of(config: RenderConfig, x: float, y: float) -> tuple[int, int]:
 
 def test_frame_shape_dtype_and_ego_at_centre():
     scene = make_scene()
-    frame = render_frame(scene, SimState.from_log(scene.traj, 0), PLAIN)
+    frame = render_frame(SimulatorState.from_log(scene, 0), PLAIN)
     assert frame.shape == (240, 320, 3) and frame.dtype == np.uint8
     assert tuple(frame[pixel_of(PLAIN, *EGO_XY)]) == draw.EGO
     # y is up: the car 10 m north of the ego is drawn above it, in the vehicle colour.
@@ -57,17 +57,20 @@ def test_frame_shape_dtype_and_ego_at_centre():
 
 def test_scene_centre_view_moves_the_ego_off_centre():
     scene = make_scene()
-    frame = render_frame(scene, SimState.from_log(scene.traj, 0), dataclasses.replace(PLAIN, center="scene"))
+    frame = render_frame(SimulatorState.from_log(scene, 0), dataclasses.replace(PLAIN, center="scene"))
     assert tuple(frame[120, 160]) != draw.EGO
     assert (frame == np.array(draw.EGO, np.uint8)).all(-1).any()
 
 
 def test_collided_and_offroad_agents_are_marked():
     scene = make_scene()
-    state = SimState.from_log(scene.traj, 0)
+    state = SimulatorState.from_log(scene, 0)
     car = pixel_of(PLAIN, EGO_XY[0], EGO_XY[1] + 10)
-    plain = render_frame(scene, state, PLAIN)
-    flagged = render_frame(scene, state, PLAIN, collided=[False, True, False], offroad=[True, False, False])
+    plain = render_frame(state, PLAIN)
+    flags = np.zeros_like(state.collision)
+    flagged = dataclasses.replace(state, collision=flags.copy(), offroad=flags.copy())
+    flagged.collision[1, 0], flagged.offroad[0, 0] = True, True  # the step's checks: car 1 hit, ego off-road
+    flagged = render_frame(flagged, PLAIN)
     assert tuple(plain[car]) == draw.TYPE_COLOURS[AgentType.VEHICLE]
     assert tuple(flagged[car]) == draw.COLLISION
     is_orange = lambda f: (f == np.array(draw.OFFROAD, np.uint8)).all(-1).sum()  # noqa: E731
@@ -76,11 +79,11 @@ def test_collided_and_offroad_agents_are_marked():
 
 def test_px_per_m_scales_boxes():
     scene = make_scene()
-    state = SimState.from_log(scene.traj, 0)
+    state = SimulatorState.from_log(scene, 0)
 
     def ego_extent(s: float) -> tuple[int, int]:
         """Pixel count and horizontal extent (the ego heads +x) of the ego box, outline included."""
-        frame = render_frame(scene, state, dataclasses.replace(PLAIN, px_per_m=s))
+        frame = render_frame(state, dataclasses.replace(PLAIN, px_per_m=s))
         near = frame[120 - 3 * int(s):120 + 3 * int(s), 160 - 4 * int(s):160 + 4 * int(s)]
         box = ~(near == np.array(draw.DRIVABLE, np.uint8)).all(-1)
         cols = np.flatnonzero(box.any(0))
@@ -95,7 +98,7 @@ def test_drivable_area_holes_and_islands():
     ring = shapely.box(-100, -100, 100, 100).difference(shapely.box(35, -20, 75, 20))
     island = shapely.box(50, -5, 60, 5)
     scene = make_scene(drivable=shapely.MultiPolygon([ring, island]))
-    frame = render_frame(scene, SimState.from_log(scene.traj, 0), PLAIN)
+    frame = render_frame(SimulatorState.from_log(scene, 0), PLAIN)
     assert tuple(frame[pixel_of(PLAIN, 20, 0)]) == draw.DRIVABLE
     assert tuple(frame[pixel_of(PLAIN, 40, -10)]) == draw.BACKGROUND  # the hole
     assert tuple(frame[pixel_of(PLAIN, 55, 0)]) == draw.DRIVABLE  # island inside the hole
@@ -103,15 +106,15 @@ def test_drivable_area_holes_and_islands():
 
 def test_trajectories_drawn_only_where_masked_valid():
     scene = make_scene()
-    state = SimState.from_log(scene.traj, 0)
+    state = SimulatorState.from_log(scene, 0)
     path = np.zeros((3, 4, 2))
     path[1] = np.c_[np.linspace(20, 50, 4), np.full(4, EGO_XY[1] - 12)]  # 10 m apart, south of everything
     mask = np.zeros((3, 4), bool)
     mask[1, 1:] = True  # the first point (x=20) is invalid: the segment 20..30 is not drawn
     drawn, skipped = pixel_of(PLAIN, 40, EGO_XY[1] - 12), pixel_of(PLAIN, 25, EGO_XY[1] - 12)
-    base = render_frame(scene, state, PLAIN)
-    shown = render_frame(scene, state, PLAIN, trajectories=path, trajectory_mask=mask)
-    hidden = render_frame(scene, state, PLAIN, trajectories=path, trajectory_mask=np.zeros((3, 4), bool))
+    base = render_frame(state, PLAIN)
+    shown = render_frame(state, PLAIN, trajectories=path, trajectory_mask=mask)
+    hidden = render_frame(state, PLAIN, trajectories=path, trajectory_mask=np.zeros((3, 4), bool))
     assert tuple(base[drawn]) == draw.DRIVABLE
     assert tuple(shown[drawn]) != draw.DRIVABLE
     assert tuple(shown[skipped]) == draw.DRIVABLE
@@ -120,10 +123,10 @@ def test_trajectories_drawn_only_where_masked_valid():
 
 def test_logged_trails_and_text_overlay_change_the_frame():
     scene = make_scene(num_steps=40)
-    state = SimState.from_log(scene.traj, 20)
-    base = render_frame(scene, state, PLAIN)
-    trails = render_frame(scene, state, dataclasses.replace(PLAIN, draw_trajectories=True))
-    text = render_frame(scene, state, dataclasses.replace(PLAIN, show_text=True))
+    state = SimulatorState.from_log(scene, 20)
+    base = render_frame(state, PLAIN)
+    trails = render_frame(state, dataclasses.replace(PLAIN, draw_trajectories=True))
+    text = render_frame(state, dataclasses.replace(PLAIN, show_text=True))
     assert (trails != base).any(-1).sum() > 20
     assert (text[:30, :150] != base[:30, :150]).any()
 
@@ -131,23 +134,19 @@ def test_logged_trails_and_text_overlay_change_the_frame():
 def test_renderer_cache_follows_the_scene_and_the_view():
     a = make_scene(drivable=shapely.box(-100, -100, 1000, 100))
     b = make_scene(drivable=shapely.box(-10, -10, 10, 10))
-    start = SimState.from_log(a.traj, 1)
-    far = dataclasses.replace(start, x=start.x + 700.0)  # far beyond the map layer drawn for `start`
+    start = SimulatorState.from_log(a, 1)
+    far = dataclasses.replace(start, sim=dataclasses.replace(start.sim, x=start.sim.x + 700.0))  # far beyond the map layer drawn for `start`
     renderer = Renderer(PLAIN)
-    for scene, state in ((a, start), (b, SimState.from_log(b.traj, 1)), (a, start), (a, far)):
-        np.testing.assert_array_equal(renderer.render(scene, state), render_frame(scene, state, PLAIN))
-    assert tuple(renderer.render(a, far)[5, 5]) == draw.DRIVABLE
+    for state in (start, SimulatorState.from_log(b, 1), start, far):
+        np.testing.assert_array_equal(renderer.render(state), render_frame(state, PLAIN))
+    assert tuple(renderer.render(far)[5, 5]) == draw.DRIVABLE
 
 
 def test_bad_inputs_name_the_problem():
     scene = make_scene()
-    state = SimState.from_log(scene.traj, 0)
-    with pytest.raises(ValueError, match="state.x"):
-        render_frame(scene, dataclasses.replace(state, x=state.x[:2]), PLAIN)
-    with pytest.raises(ValueError, match="collided"):
-        render_frame(scene, state, PLAIN, collided=[True])
+    state = SimulatorState.from_log(scene, 0)
     with pytest.raises(ValueError, match="trajectories"):
-        render_frame(scene, state, PLAIN, trajectories=np.zeros((3, 4)))
+        render_frame(state, PLAIN, trajectories=np.zeros((3, 4)))
     with pytest.raises(ValueError, match="center"):
         RenderConfig(center="car")
 
@@ -200,7 +199,7 @@ def test_contact_sheet_tiles_row_major():
 
 @pytest.mark.realdata
 def test_real_nuscenes_scene_renders(tmp_path):
-    root = shared_data_dir() / "nuscenes-mini"
+    root = SHARED_DATA / "nuscenes-mini"
     if not root.exists():
         pytest.skip(f"real data missing: {root} (set BLM_GYM_DATA to the shared data folder)")
     from blm_gym.data.scenarionet import ScenarioNetSource
@@ -209,7 +208,7 @@ def test_real_nuscenes_scene_renders(tmp_path):
     scene = source.load(list(source.scene_ids).index("scene-0103"))
     config = RenderConfig()
     renderer = Renderer(config)
-    shots = [renderer.render(scene, SimState.from_log(scene.traj, t)) for t in (0, scene.num_steps - 1)]
+    shots = [renderer.render(SimulatorState.from_log(scene, t)) for t in (0, scene.num_steps - 1)]
     for frame in shots:
         assert tuple(frame[config.height // 2, config.width // 2]) == draw.EGO
         share = lambda c: (frame == np.array(c, np.uint8)).all(-1).mean()  # noqa: E731
@@ -223,7 +222,7 @@ def test_show_blits_the_frame_to_a_window(monkeypatch):
     monkeypatch.setenv("SDL_VIDEODRIVER", "dummy")  # a headless window
     scene = make_scene()
     renderer = Renderer(PLAIN)
-    frame = renderer.render(scene, SimState.from_log(scene.traj, 0))
+    frame = renderer.render(SimulatorState.from_log(scene, 0))
     try:
         renderer.show(frame)
         shown = draw.pygame.image.tobytes(draw.pygame.display.get_surface(), "RGB")

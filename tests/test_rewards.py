@@ -26,7 +26,7 @@ from blm_gym.rewards import (
     target_speed,
     time_to_collision_penalty,
 )
-from blm_gym.sim.state import Action, SimState, step as sim_step
+from blm_gym.sim.state import Action, SimulatorState, step as sim_step
 
 
 def make_scene(x, y, heading=None, speed=None, num_steps=None, types=None) -> Scene:
@@ -159,19 +159,19 @@ class TinyEnv(gym.Env):
         self.action_space = gym.spaces.Box(np.array([-10, -2], np.float32), np.array([8, 2], np.float32))
 
     def _obs(self):
-        s = self.sim_state
+        s = self.state
         return np.array([s.x[0], s.y[0], s.heading[0], s.speed[0]], np.float32)
 
     def reset(self, *, seed=None, options=None):
         super().reset(seed=seed)
-        self.sim_state = SimState.from_log(self.scene.traj, 0)
+        self.state = SimulatorState.from_log(self.scene, 0)
         return self._obs(), {}
 
     def step(self, action):
         act = Action(np.zeros((self.scene.num_agents, 2), np.float32), np.array([False, True]))
         act.accel_yaw[0] = action
-        self.sim_state = sim_step(self.sim_state, act, self.scene.traj, self.scene.dt)
-        done = self.sim_state.step == self.scene.num_steps - 1
+        self.state = sim_step(self.state, act)
+        done = self.state.step == self.scene.num_steps - 1
         return self._obs(), 0.0, False, done, {}
 
 
@@ -212,7 +212,7 @@ def test_wrapped_env_passes_gymnasium_check_env():
 
 
 def test_wrapper_rejects_envs_without_a_scene():
-    with pytest.raises(TypeError, match="unwrapped.scene"):
+    with pytest.raises(TypeError, match="unwrapped.state"):
         CollisionPenalty(gym.make("CartPole-v1")).reset(seed=0)
 
 

@@ -10,7 +10,7 @@ import blm_gym.rollout.h5 as rollout_h5
 from blm_gym.data.scene import AgentType, DrivableArea, RoadMap, Scene, Trajectories
 from blm_gym.metrics import compute_report
 from blm_gym.policies.base import Policy
-from blm_gym.rollout import SCHEMA_VERSION, read_rollouts, rollout_to_scene, run_rollouts, write_rollouts
+from blm_gym.rollout import SCHEMA_VERSION, read_rollouts, run_rollouts, sample_state, write_rollouts
 from blm_gym.sim.state import Action
 
 
@@ -92,7 +92,7 @@ def test_runner_closed_loop(rollouts):
 def test_frozen_agents_keep_the_start_set_in_sim_and_log():
     # the second car enters at step 20: from step 10 it joins unless the agents are frozen
     entering, frozen = (run_rollouts(TinySource(), NoisyBraking, scene_ids=["a"], start_step=10, horizon_s=2.0,
-                                     freeze_agents=f, progress=False)[0] for f in (False, True))
+                                     membership=m, progress=False)[0] for m in ("log", "frozen"))
     assert entering.valid[0, 1, 10:].all() and entering.log.valid[1, 10:].all()
     assert not frozen.valid[0, 1].any() and not frozen.log.valid[1].any()
     assert frozen.valid[0, [0, 2]].all()  # the others stay as logged
@@ -118,13 +118,16 @@ def test_round_trip_exact(rollouts, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["r.h5"]
 
 
-def test_rollout_to_scene_and_report(rollouts):
+def test_sample_state_and_report(rollouts):
     source = TinySource()
-    scene = rollout_to_scene(rollouts[0], 1, source.load(0))
-    assert scene.num_steps == 21 and np.array_equal(scene.traj.x, rollouts[0].x[1])
-    assert scene.road is source.load(0).road
+    r = rollouts[0]
+    state = sample_state(r, 1, source.load(0))
+    steps = slice(r.start_step, r.start_step + r.num_steps)
+    assert state.current_step == r.start_step + r.num_steps - 1 and state.scene is source.load(0)
+    np.testing.assert_array_equal(state.sim.x[:, steps], r.x[1])
+    np.testing.assert_array_equal(state.collision[:, steps], r.collision[1])
     with pytest.raises(ValueError, match="rollout is of scene 'a'"):
-        rollout_to_scene(rollouts[0], 0, source.load(1))
+        sample_state(r, 0, source.load(1))
     report = compute_report(rollouts, {s.scene_id: s for s in source._scenes})
     assert report["overall"]["sim"]["collision_rate_step"]["value"] == 0.0
     assert report["overall"]["sim"]["fdd_m"]["value"] > 0.0
@@ -171,7 +174,7 @@ def test_interrupted_write_leaves_nothing(rollouts, tmp_path, monkeypatch):
 def test_log_replay_on_nuscenes_scores_like_the_log(nuscenes_dir, tmp_path):
     from blm_gym.data.scenarionet import ScenarioNetSource
     from blm_gym.policies import LogReplayPolicy
-    from blm_gym.rollout import load_scene
+    from blm_gym.data.registry import load_scene
 
     source = ScenarioNetSource(nuscenes_dir)
     ids = ["scene-0103", "scene-0916"]  # the official mini_val scenes

@@ -10,7 +10,8 @@ import pytest
 from blm_gym.data.safe_pickle import CorruptSceneFileError, UnsafePickleError, load_pickle
 from blm_gym.data.scenarionet import ScenarioNetSource, detect_scenarionet, has_vehicles, scene_from_scenario
 from blm_gym.data.scene import AgentType, Scene
-from blm_gym.data.source import DATA_ENV_VAR, SceneSource, shared_data_dir
+from blm_gym.data.source import DATA_ENV_VAR, SceneSource
+from conftest import SHARED_DATA
 
 T = 5
 
@@ -193,7 +194,7 @@ def test_not_a_scenario_names_file(tmp_path):
 
 
 def _real_root(name: str):
-    root = shared_data_dir() / name
+    root = SHARED_DATA / name
     if not root.is_dir():
         pytest.skip(f"real data {root} missing (set {DATA_ENV_VAR} to the shared data folder)")
     return root

@@ -7,7 +7,7 @@ import dataclasses
 import pytest
 import torch
 
-from blm_gym.data.source import shared_data_dir
+from conftest import SHARED_DATA
 from blm_gym.models import BLMModel, collate, make_agent_batch
 from blm_gym.models.checkpoint import load_checkpoint, load_model
 from blm_gym.train import DiffusionTrainConfig, VAETrainConfig, train_diffusion, train_vae
@@ -99,7 +99,7 @@ def test_bad_data_errors(tmp_path):
 
 @pytest.mark.realdata
 def test_vae_trains_on_one_real_scene(tmp_path):
-    root = shared_data_dir() / "nuscenes-mini"
+    root = SHARED_DATA / "nuscenes-mini"
     if not root.is_dir():
         pytest.skip(f"real data missing: {root} (set BLM_GYM_DATA)")
     from blm_gym.data.scenarionet import ScenarioNetSource

@@ -5,14 +5,16 @@ Two folder layouts are read:
 - a ScenarioNet *database*: ``dataset_summary.pkl`` (file name -> scenario metadata) and
   ``dataset_mapping.pkl`` (file name -> shard folder, relative to the root), shards holding the
   ``sd_*.pkl`` files;
-- a *loose* folder of ``sd_*.pkl`` files (no summary); the scenario id is the file name's last
-  ``_``-separated part, as ScenarioNet names them (``sd_<dataset>_<version>_<scenario id>.pkl``).
+- a *loose* folder of ``sd_*.pkl`` files (no summary); the scene id is the file name's last
+  ``_``-separated part, as ScenarioNet names them (``sd_<dataset>_<version>_<scenario id>.pkl``),
+  and a loaded scene carries that id even where the pickle's own ``id`` differs.
 
 Every pickle goes through :func:`blm_gym.data.safe_pickle.load_pickle` (no code runs on load).
 Built scenes are cached in memory per file: the drivable area is the costly part.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 from pathlib import Path
@@ -23,7 +25,8 @@ import shapely
 from shapely.geometry.base import BaseGeometry
 
 from blm_gym.data.safe_pickle import CorruptSceneFileError, load_pickle
-from blm_gym.data.scene import DEFAULT_DT, AgentType, DrivableArea, RoadMap, Scene, Trajectories, pad_polylines
+from blm_gym.data.scene import (DEFAULT_DT, LANE_STATES, AgentType, DrivableArea, RoadMap, Scene, TrafficLights,
+                                 Trajectories, pad_polylines)
 from blm_gym.data.source import resolve_data_dir
 
 SUMMARY_FILE = "dataset_summary.pkl"
@@ -61,11 +64,19 @@ def scan_scenarios(root: Path) -> dict[str, Path]:
     if (root / SUMMARY_FILE).is_file():
         summary = load_pickle(root / SUMMARY_FILE)
         mapping = load_pickle(root / MAPPING_FILE) if (root / MAPPING_FILE).is_file() else {}
-        return {
-            str(meta.get("id", meta.get("scenario_id", fname))): root / mapping.get(fname, "") / fname
-            for fname, meta in summary.items()
-        }
-    return {p.stem.rsplit("_", 1)[-1]: p for p in sorted(root.glob(SCENE_GLOB))}
+        named = [(str(meta.get("id", meta.get("scenario_id", fname))), root / mapping.get(fname, "") / fname)
+                 for fname, meta in summary.items()]
+        where = f"{SUMMARY_FILE} (its scenario ids)"
+    else:
+        named = [(p.stem.rsplit("_", 1)[-1], p) for p in sorted(root.glob(SCENE_GLOB))]
+        where = "the file names' last '_' part"
+    files: dict[str, Path] = {}
+    for scene_id, path in named:
+        if scene_id in files:
+            raise ValueError(f"{root}: {files[scene_id].name} and {path.name} both have scene id {scene_id!r} (from "
+                             f"{where}); rename one, or keep them in separate folders")
+        files[scene_id] = path
+    return files
 
 
 class ScenarioNetSource:
@@ -113,7 +124,10 @@ class ScenarioNetSource:
         if not path.is_file():
             raise FileNotFoundError(f"{path}: scene file vanished since {self.root} was scanned; re-copy the folder")
         stat = path.stat()
-        return _load_scene_cached(path, stat.st_mtime_ns, stat.st_size)
+        scene = _load_scene_cached(path, stat.st_mtime_ns, stat.st_size)
+        # the id this source lists it under, whatever the pickle says: ids round-trip through files
+        scene_id = self.scene_ids[index]
+        return scene if scene.scene_id == scene_id else dataclasses.replace(scene, scene_id=scene_id)
 
 
 @functools.lru_cache(maxsize=32)  # a nuScenes scene with its raster is ~10 MB
@@ -130,8 +144,12 @@ def _load_scene_cached(path: Path, mtime_ns: int, size: int) -> Scene:
         raise CorruptSceneFileError(f"{path}: malformed scenario ({type(e).__name__}: {e})") from e
 
 
-def scene_from_scenario(scenario: dict) -> Scene:
-    """Build a :class:`Scene` from one ScenarioNet scenario dict (pure; no file access)."""
+def scene_from_scenario(scenario: dict, *, drivable: bool = True) -> Scene:
+    """Build a :class:`Scene` from one ScenarioNet scenario dict (pure; no file access).
+
+    ``drivable=False`` skips the drivable-area construction (the costly part; the scene's
+    ``road.drivable`` is then empty), for users that only need tracks and the vector map.
+    """
     meta = scenario["metadata"]
     num_steps = int(scenario["length"])
     agent_ids = tuple(str(k) for k in scenario["tracks"])
@@ -172,8 +190,65 @@ def scene_from_scenario(scenario: dict) -> Scene:
         agent_type=agent_type,
         ego_index=ego_index,
         traj=traj,
-        road=road_map(scenario["map_features"]),
+        road=road_map(scenario["map_features"], drivable=drivable),
+        **recorded_extras(scenario),
     )
+
+
+def recorded_extras(scenario: dict) -> dict:
+    """The optional :class:`Scene` fields of a ScenarioNet scenario dict (pure).
+
+    ``z`` (``state["position"][:, 2]``) and ``extents`` / ``height`` (``state["length"]``,
+    ``["width"]``, ``["height"]``), cleaned to 0 at invalid steps, None when the tracks lack
+    them; ``current_index`` (``metadata["current_time_index"]``); ``tracks_to_predict`` (agent
+    indices of ``metadata["tracks_to_predict"]``'s track ids, ascending); ``traffic_lights``
+    (:func:`traffic_lights_from_states` of ``dynamic_map_states``).
+    """
+    meta = scenario["metadata"]
+    num_steps = int(scenario["length"])
+    agent_ids = [str(k) for k in scenario["tracks"]]
+    states = [t["state"] for t in scenario["tracks"].values()]
+    valid = np.stack([np.asarray(s["valid"]).astype(bool) for s in states])
+    out: dict = {}
+    pos = [np.asarray(s["position"], np.float64).reshape(num_steps, -1) for s in states]
+    if all(p.shape[1] >= 3 for p in pos):
+        out["z"] = np.where(valid, np.nan_to_num(np.stack([p[:, 2] for p in pos])), 0.0).astype(np.float32)
+    if all(all(k in s for k in ("length", "width", "height")) for s in states):
+        ext = np.stack([np.stack([np.asarray(s[k], np.float64).reshape(num_steps, -1)[:, 0]
+                                  for k in ("length", "width", "height")], axis=-1) for s in states])
+        ext = np.where(valid[..., None], np.nan_to_num(ext), 0.0)
+        out["extents"] = ext.astype(np.float32)
+        out["height"] = _extents(ext[..., 2], valid).astype(np.float32)
+    cur = meta.get("current_time_index")
+    out["current_index"] = None if cur is None else int(cur)
+    ttp = meta.get("tracks_to_predict") or {}
+    out["tracks_to_predict"] = tuple(sorted(agent_ids.index(str(k)) for k in ttp if str(k) in agent_ids))
+    out["traffic_lights"] = traffic_lights_from_states(scenario.get("dynamic_map_states") or {}, num_steps)
+    return out
+
+
+def traffic_lights_from_states(dynamic_map_states: dict, num_steps: int) -> TrafficLights | None:
+    """:class:`TrafficLights` from ScenarioNet ``dynamic_map_states`` (None when there are none).
+
+    ScenarioNet keeps one entry per signalled lane: ``lane`` (id), ``stop_point`` (x, y, z) and
+    ``state["object_state"]``, a per-step list of WOMD state names (None where the signal is
+    absent at that step, read as 0 = unknown, as WOMD's missing lane state is).
+    """
+    lane_ids, states, stops = [], [], []
+    for key, entry in dynamic_map_states.items():
+        per_step = (entry.get("state") or {}).get("object_state", ())
+        codes = np.zeros(num_steps, np.int8)
+        for t, name in enumerate(list(per_step)[:num_steps]):
+            codes[t] = LANE_STATES.get(str(name), 0) if name is not None else 0
+        stop = np.zeros(3)
+        sp = np.asarray(entry.get("stop_point", ()), np.float64).reshape(-1)[:3]
+        stop[: len(sp)] = sp
+        lane_ids.append(str(entry.get("lane", key)))
+        states.append(codes)
+        stops.append(stop)
+    if not lane_ids:
+        return None
+    return TrafficLights(lane_ids=tuple(lane_ids), states=np.stack(states), stop_points=np.stack(stops))
 
 
 def _extents(values: np.ndarray, valid: np.ndarray) -> np.ndarray:
@@ -195,8 +270,9 @@ def _time_step(meta: dict) -> float:
     return DEFAULT_DT
 
 
-def road_map(map_features: dict) -> RoadMap:
-    """Lane centerlines, road edges and drivable area from ScenarioNet ``map_features``."""
+def road_map(map_features: dict, *, drivable: bool = True) -> RoadMap:
+    """Lane centerlines, road edges and drivable area from ScenarioNet ``map_features``
+    (``drivable=False``: an empty drivable area, skipping its construction)."""
     feats = list(map_features.values())
     kind = [str(f.get("type", "")) for f in feats]
     lanes = [f for f, k in zip(feats, kind) if k.startswith("LANE") and len(f.get("polyline", ())) > 1]
@@ -206,8 +282,38 @@ def road_map(map_features: dict) -> RoadMap:
     # nuScenes lanes carry a "polygon"; Waymo driveways are polygons only
     polygons = [np.asarray(f["polygon"], float)[:, :2] for f, k in zip(feats, kind)
                 if (k.startswith("LANE") or k == "DRIVEWAY") and len(f.get("polygon", ())) > 2]
-    drivable = drivable_geometry(lane_xy, [_half_width(f) for f in lanes], polygons, edge_xy)
-    return RoadMap(*pad_polylines(lane_xy), *pad_polylines(edge_xy), DrivableArea.from_geometry(drivable, RASTER_RESOLUTION))
+    if drivable:
+        area = drivable_geometry(lane_xy, [_half_width(f) for f in lanes], polygons, edge_xy)
+    else:
+        area = shapely.Polygon()
+    return RoadMap(*pad_polylines(lane_xy), *pad_polylines(edge_xy), DrivableArea.from_geometry(area, RASTER_RESOLUTION),
+                   **road_map_3d(map_features))
+
+
+def road_map_3d(map_features: dict) -> dict:
+    """The optional 3-D :class:`RoadMap` fields of ScenarioNet ``map_features`` (pure).
+
+    ``road_edges_3d``: every ``ROAD_EDGE_*`` polyline with > 1 point as ``(P, 3)``; ``lanes_3d``,
+    ``lane_ids``, ``lane_kinds``: every ``LANE*`` centerline with > 1 point, its feature id and
+    type. A group is None when one of its polylines has no z column (2-D maps).
+    """
+    edges, lanes, ids, kinds = [], [], [], []
+    for key, f in map_features.items():
+        kind = str(f.get("type", ""))
+        line = np.asarray(f.get("polyline", np.zeros((0, 2))), np.float64)
+        if line.ndim != 2 or len(line) < 2:
+            continue
+        if kind.startswith("ROAD_EDGE"):
+            edges.append(line)
+        elif kind.startswith("LANE"):
+            lanes.append(line)
+            ids.append(str(key))
+            kinds.append(kind)
+    three_d = lambda lines: all(p.shape[1] >= 3 for p in lines)  # noqa: E731
+    out: dict = {"road_edges_3d": tuple(p[:, :3] for p in edges) if three_d(edges) else None}
+    if three_d(lanes):
+        out.update(lanes_3d=tuple(p[:, :3] for p in lanes), lane_ids=tuple(ids), lane_kinds=tuple(kinds))
+    return out
 
 
 def drivable_geometry(lanes: list[np.ndarray], half_widths: Sequence[float], polygons: list[np.ndarray],

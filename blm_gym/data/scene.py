@@ -70,6 +70,27 @@ class Trajectories:
             out[f.name] = a[agents] if a.ndim == 1 else a[agents][:, steps]
         return Trajectories(**out)
 
+    def mask_steps(self, keep: np.ndarray) -> "Trajectories":
+        """A copy valid only at the steps where ``keep`` ``(T,)`` is True (zeros elsewhere)."""
+        valid = self.valid & keep
+        out = {f.name: np.where(valid, getattr(self, f.name), 0).astype(getattr(self, f.name).dtype)
+               for f in dataclasses.fields(self) if getattr(self, f.name).ndim == 2}
+        return dataclasses.replace(self, **out)
+
+    def with_step(self, t: int, x, y, heading, speed, valid) -> "Trajectories":
+        """A copy with step ``t`` set to the states ``(N,)`` (velocity from heading and speed;
+        zeros where not ``valid``)."""
+        valid = np.asarray(valid, bool)
+        now = {"x": x, "y": y, "heading": heading, "speed": speed,
+               "vx": speed * np.cos(heading), "vy": speed * np.sin(heading)}
+        out = {"valid": self.valid.copy()}
+        out["valid"][:, t] = valid
+        for name, value in now.items():
+            a = getattr(self, name).copy()
+            a[:, t] = np.where(valid, value, 0)
+            out[name] = a
+        return dataclasses.replace(self, **out)
+
     @staticmethod
     def from_states(x, y, heading, speed, length, width, valid) -> "Trajectories":
         """Build from positions, heading and speed; velocity follows from heading and speed."""
@@ -135,6 +156,13 @@ class RoadMap:
     ``lanes``: lane centerlines ``(L, P, 2)`` float32, padded; ``lane_mask`` ``(L, P)`` bool.
     ``road_edges``: road-edge polylines ``(E, P, 2)`` + ``edge_mask`` (E may be 0).
     ``drivable``: the drivable area built once per scene.
+
+    Optional 3-D map (Waymo sources fill it; None elsewhere), for metrics that need altitude or
+    map ids, e.g. the WOSAC evaluator (:mod:`blm_gym.metrics.wosac`):
+    ``road_edges_3d``: one ``(P_i, 3)`` float array (x, y, z) per road-edge feature, map order.
+    ``lanes_3d``: one ``(P_i, 3)`` float array per lane centerline with >= 2 points, map order;
+    ``lane_ids``: their map feature ids (str); ``lane_kinds``: their types as the source names
+    them (ScenarioNet: ``"LANE_SURFACE_STREET"``, ``"LANE_FREEWAY"``, ``"LANE_BIKE_LANE"``, ...).
     """
 
     lanes: np.ndarray
@@ -142,6 +170,38 @@ class RoadMap:
     road_edges: np.ndarray
     edge_mask: np.ndarray
     drivable: DrivableArea
+    road_edges_3d: tuple[np.ndarray, ...] | None = None
+    lanes_3d: tuple[np.ndarray, ...] | None = None
+    lane_ids: tuple[str, ...] | None = None
+    lane_kinds: tuple[str, ...] | None = None
+
+
+@dataclass(frozen=True)
+class TrafficLights:
+    """Recorded traffic-signal states (WOMD ``dynamic_map_states``), one row per signalled lane.
+
+    ``lane_ids`` ``(S,)`` str: the map feature id of the lane each signal controls (matches
+    :attr:`RoadMap.lane_ids`). ``states`` ``(S, T)`` int8: the WOMD
+    ``TrafficSignalLaneState.State`` per step (:data:`LANE_STATES` names them; 0 = unknown, also
+    where the signal is absent at that step). ``stop_points`` ``(S, 3)`` float: the stop point
+    (x, y, z) of each signal.
+    """
+
+    lane_ids: tuple[str, ...]
+    states: np.ndarray
+    stop_points: np.ndarray
+
+    def select_steps(self, steps) -> "TrafficLights":
+        """The states of ``steps`` (a slice or index array) only."""
+        return dataclasses.replace(self, states=self.states[:, steps])
+
+
+# WOMD map.proto TrafficSignalLaneState.State values, by name.
+LANE_STATES = {
+    "LANE_STATE_UNKNOWN": 0, "LANE_STATE_ARROW_STOP": 1, "LANE_STATE_ARROW_CAUTION": 2, "LANE_STATE_ARROW_GO": 3,
+    "LANE_STATE_STOP": 4, "LANE_STATE_CAUTION": 5, "LANE_STATE_GO": 6, "LANE_STATE_FLASHING_STOP": 7,
+    "LANE_STATE_FLASHING_CAUTION": 8,
+}
 
 
 @dataclass(frozen=True)
@@ -150,6 +210,14 @@ class Scene:
 
     ``agent_type`` is int8 ``(N,)`` of :class:`AgentType`; ``ego_index`` indexes the agent the
     log recorded from (the AV); ``dt`` is the step in seconds.
+
+    Optional recorded extras (None / empty when the source lacks them; the 2-D simulator ignores
+    them; the WOSAC evaluator :mod:`blm_gym.metrics.wosac` needs them):
+    ``z`` ``(N, T)`` float32 altitude of the box centre (0 at invalid steps); ``height`` ``(N,)``
+    float32 median box height over valid steps; ``extents`` ``(N, T, 3)`` float32 per-step box
+    length, width, height as recorded (0 at invalid steps; no ego swap); ``current_index``: the
+    dataset's "current" step (WOMD: 10) or None; ``tracks_to_predict``: agent indices the
+    dataset marks for prediction; ``traffic_lights``: :class:`TrafficLights` or None.
     """
 
     scene_id: str
@@ -160,6 +228,12 @@ class Scene:
     ego_index: int
     traj: Trajectories
     road: RoadMap
+    z: np.ndarray | None = None
+    height: np.ndarray | None = None
+    extents: np.ndarray | None = None
+    current_index: int | None = None
+    tracks_to_predict: tuple[int, ...] = ()
+    traffic_lights: TrafficLights | None = None
 
     @property
     def num_agents(self) -> int:
@@ -179,9 +253,13 @@ class Scene:
         if self.ego_index not in index:
             raise ValueError("select_agents: the ego agent must be kept")
         ego = int(np.flatnonzero(index == self.ego_index)[0])
+        extras = {name: getattr(self, name)[index] for name in ("z", "height", "extents")
+                  if getattr(self, name) is not None}
+        kept = [int(i) for i in index]
+        ttp = tuple(kept.index(i) for i in self.tracks_to_predict if i in kept)
         return dataclasses.replace(
             self, agent_ids=tuple(self.agent_ids[i] for i in index), agent_type=self.agent_type[index],
-            ego_index=ego, traj=self.traj.select(agents=index),
+            ego_index=ego, traj=self.traj.select(agents=index), tracks_to_predict=ttp, **extras,
         )
 
 

@@ -26,14 +26,6 @@ class SceneSource(Protocol):
     def load(self, index: int) -> Scene: ...
 
 
-def shared_data_dir() -> Path:
-    """Root of the real test data: ``$BLM_GYM_DATA`` or ``../shared/data`` beside the repo."""
-    env = os.environ.get(DATA_ENV_VAR)
-    if env:
-        return Path(env).expanduser()
-    return Path(__file__).resolve().parents[3] / "shared" / "data"
-
-
 def resolve_data_dir(data_dir: str | os.PathLike | None, what: str) -> Path:
     """The folder to read ``what`` from: the ``data_dir`` argument, else ``$BLM_GYM_DATA``.
 

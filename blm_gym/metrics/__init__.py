@@ -7,9 +7,9 @@ from blm_gym.metrics.common import Metric, evaluated_agents, evaluated_steps
 from blm_gym.metrics.realism import (HIST_BINS, jensen_shannon, jsd_metrics, kinematic_histograms,
                                      kinematic_values, realism_metrics)
 from blm_gym.metrics.report import MetricsConfig, compute_report, format_table, rollout_metrics, write_report
-from blm_gym.metrics.safety import (RSSParams, collision_steps, min_ttc_per_sample, offroad_steps,
-                                    rss_lateral_safe_distance, rss_longitudinal_safe_distance, rss_violation_steps,
-                                    rss_violations, safety_metrics, starts_on_road)
+from blm_gym.metrics.safety import (collision_steps, min_ttc_per_sample, offroad_steps, rss_violation_steps,
+                                    safety_metrics, starts_on_road)
+from blm_gym.sim.rss import RSSParams, rss_lateral_safe_distance, rss_longitudinal_safe_distance, rss_violations
 
 __all__ = [
     "HIST_BINS", "Metric", "MetricsConfig", "RSSParams", "collision_steps", "compute_report", "evaluated_agents",

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from blm_gym.rollout.record import Rollout
+from blm_gym.sim.record import Rollout
 
 NO_AGENTS = "no valid controlled vehicle at a simulated step"
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from blm_gym.metrics.common import Metric, evaluated_agents, evaluated_steps
-from blm_gym.rollout.record import Rollout
+from blm_gym.sim.record import Rollout
 
 KINEMATICS_INTERVAL_S = 0.5
 HIST_BINS = {

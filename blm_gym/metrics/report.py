@@ -17,12 +17,13 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from blm_gym.data.scene import DrivableArea
-from blm_gym.io import atomic_path
+from blm_gym.atomic_files import atomic_path
 from blm_gym.metrics.common import Metric, evaluated_agents
 from blm_gym.metrics.realism import (HIST_BINS, KINEMATICS_INTERVAL_S, jsd_metrics, kinematic_histograms,
                                      realism_metrics)
-from blm_gym.metrics.safety import RSSParams, safety_metrics
-from blm_gym.rollout.record import Rollout
+from blm_gym.metrics.safety import safety_metrics
+from blm_gym.sim.rss import RSSParams
+from blm_gym.sim.record import Rollout
 from blm_gym.sim.ttc import DEFAULT_HORIZON
 
 REPORT_FORMAT = 1
@@ -83,7 +84,7 @@ def compute_report(rollouts: Sequence[Rollout], drivable_by_scene: Mapping,
     for r in rollouts:
         drivable = _drivable(drivable_by_scene, r.scene_id)
         metrics, hists = {}, {}
-        for side, rr in (("sim", r), ("log", r.log_as_rollout())):
+        for side, rr in (("sim", r), ("log", r.log_as_rollout(drivable))):
             metrics[side], hists[side] = rollout_metrics(rr, drivable, config)
             for name, m in metrics[side].items():
                 pooled[side][name] = pooled[side][name].pooled(m) if name in pooled[side] else m

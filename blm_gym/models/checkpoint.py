@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from blm_gym.io import atomic_path
+from blm_gym.atomic_files import atomic_path
 from blm_gym.models.blm import BLMConfig, BLMModel
 
 FORMAT = "blm_gym.blm/1"

@@ -17,7 +17,9 @@ def make_policy(name: str, *, checkpoint: str | None = None) -> Policy:
         from blm_gym.policies.latent_diffusion import LatentDiffusionPolicy
 
         bare = {"guidance": GuidanceConfig(steps=0)} if name == "blm_unguided" else {}
-        return LatentDiffusionPolicy.from_checkpoint(checkpoint, **bare)
+        policy = LatentDiffusionPolicy.from_checkpoint(checkpoint, **bare)
+        policy.name = name  # rollout files and tables say which of the two ran
+        return policy
     raise ValueError(f"unknown policy {name!r}; choose one of {POLICY_NAMES}")
 
 

@@ -6,7 +6,7 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 
 from blm_gym.data.scene import Scene
-from blm_gym.sim.state import Action, SimState
+from blm_gym.sim.state import Action, SimulatorState
 
 
 @runtime_checkable
@@ -21,4 +21,4 @@ class Policy(Protocol):
 
     def reset(self, scene: Scene, start_step: int, controlled: np.ndarray, rng: np.random.Generator) -> None: ...
 
-    def act(self, state: SimState) -> Action: ...
+    def act(self, state: SimulatorState) -> Action: ...

@@ -10,7 +10,7 @@ import numpy as np
 
 from blm_gym.data.scene import Scene
 from blm_gym.sim.kinematics import DEFAULT_BOUNDS, wrap_angle
-from blm_gym.sim.state import Action, SimState
+from blm_gym.sim.state import Action, SimulatorState
 
 
 class LogReplayPolicy:
@@ -21,7 +21,7 @@ class LogReplayPolicy:
     def reset(self, scene: Scene, start_step: int, controlled: np.ndarray, rng: np.random.Generator) -> None:
         self._n = scene.num_agents
 
-    def act(self, state: SimState) -> Action:
+    def act(self, state: SimulatorState) -> Action:
         return Action(np.zeros((self._n, 2), np.float32), np.ones(self._n, bool))
 
 
@@ -33,7 +33,7 @@ class ConstantVelocityPolicy:
     def reset(self, scene: Scene, start_step: int, controlled: np.ndarray, rng: np.random.Generator) -> None:
         self._n = scene.num_agents
 
-    def act(self, state: SimState) -> Action:
+    def act(self, state: SimulatorState) -> Action:
         return Action.zeros(self._n)
 
 
@@ -84,7 +84,7 @@ class IDMPolicy:
         self._flat_dir = np.arctan2(tangent[ok][:, 1], tangent[ok][:, 0])
         self._lane_len = arc.max(axis=1)
 
-    def _steer(self, state: SimState, agents: np.ndarray) -> np.ndarray:
+    def _steer(self, state: SimulatorState, agents: np.ndarray) -> np.ndarray:
         """Pure-pursuit yaw rate toward a look-ahead point on each agent's best-matching lane."""
         p = self.params
         yaw = np.zeros(self._n, np.float32)
@@ -106,7 +106,7 @@ class IDMPolicy:
         yaw[agents] = np.where(on_lane & (dist > 0.5), rate, 0.0)
         return yaw
 
-    def _idm_accel(self, state: SimState) -> np.ndarray:
+    def _idm_accel(self, state: SimulatorState) -> np.ndarray:
         """IDM acceleration of every agent w.r.t. the closest valid agent ahead in its corridor."""
         p = self.params
         dx = state.x[None, :] - state.x[:, None]
@@ -128,7 +128,7 @@ class IDMPolicy:
         accel = np.where(self._v0 < 0.5, -p.comfort_brake, accel)  # parked at reset: stay parked
         return np.clip(accel, DEFAULT_BOUNDS.min_accel, DEFAULT_BOUNDS.max_accel)
 
-    def act(self, state: SimState) -> Action:
+    def act(self, state: SimulatorState) -> Action:
         agents = np.flatnonzero(state.valid)
         accel_yaw = np.stack([self._idm_accel(state), self._steer(state, agents)], -1).astype(np.float32)
         return Action(accel_yaw, np.zeros(self._n, bool))

@@ -33,7 +33,7 @@ from blm_gym.models.batch import MAX_LANES, make_agent_batch, road_users
 from blm_gym.models.blm import BLMModel
 from blm_gym.models.checkpoint import load_model
 from blm_gym.models.guidance import DistanceField, GuidanceConfig, PlanCost, make_guide
-from blm_gym.sim.state import Action, SimState
+from blm_gym.sim.state import Action, SimulatorState
 
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parents[1] / "assets" / "blm_nuscenes.pt"
 
@@ -97,31 +97,23 @@ class LatentDiffusionPolicy:
         self._scene = scene
         self._controlled = np.asarray(controlled, bool)
         self._gen = torch.Generator(device=self.device).manual_seed(int(rng.integers(2**62)))
-        # history buffer (N, H): the log up to start_step, then what the simulator did
-        steps = np.arange(start_step - h + 1, start_step + 1)
-        ok = steps >= 0
-        log = scene.traj
-        take = lambda a: np.where(ok, a[:, steps.clip(min=0)], 0).astype(a.dtype)  # noqa: E731
-        self._hist = {k: take(getattr(log, k)) for k in ("x", "y", "heading", "speed", "valid")}
-        self._hist_step = start_step
         self._plan: np.ndarray | None = None  # (N, F, 2) actions from _plan_step on
         self._plan_step = start_step
 
-    def _record(self, state: SimState) -> None:
-        if state.step == self._hist_step + 1:
-            for a in self._hist.values():
-                a[:, :-1] = a[:, 1:].copy()
-        elif state.step != self._hist_step:
-            raise ValueError(f"LatentDiffusionPolicy.act: expected step {self._hist_step} or {self._hist_step + 1}, "
-                             f"got {state.step}; call reset() at the episode start and act() every step")
-        for k in self._hist:
-            self._hist[k][:, -1] = getattr(state, k)
-        self._hist_step = state.step
+    def _history(self, state: SimulatorState) -> Trajectories:
+        """The last ``history_steps`` states of every agent (the log before the episode, then the
+        simulation), ``(N, H)``; steps before the scene's start are invalid."""
+        steps = np.arange(state.current_step - self.model.config.history_steps + 1, state.current_step + 1)
+        ok = steps >= 0
+        take = lambda a: np.where(ok, a[:, steps.clip(min=0)], 0).astype(a.dtype)  # noqa: E731
+        sim = state.sim
+        return Trajectories.from_states(length=sim.length, width=sim.width,
+                                        **{k: take(getattr(sim, k)) for k in ("x", "y", "heading", "speed", "valid")})
 
     @torch.no_grad()
-    def _replan(self, state: SimState) -> None:
+    def _replan(self, state: SimulatorState) -> None:
         s = self._scene
-        hist = Trajectories.from_states(length=s.traj.length, width=s.traj.width, **self._hist)
+        hist = self._history(state)
         n = self.max_agents or int((road_users(s) & state.valid).sum()) + 1  # + 1: the ego may not be one
         batch = make_agent_batch(s, state.step, max_agents=n, max_lanes=self.max_lanes, history=hist,
                                  history_steps=self.model.config.history_steps,
@@ -160,9 +152,8 @@ class LatentDiffusionPolicy:
         plan[rows[keep].cpu().numpy()] = actions[keep].cpu().numpy()
         self._plan, self._plan_step = plan, state.step
 
-    def act(self, state: SimState) -> Action:
-        self._record(state)
-        if self._plan is None or state.step - self._plan_step >= self.replan_steps:
+    def act(self, state: SimulatorState) -> Action:
+        if self._plan is None or not 0 <= state.step - self._plan_step < self.replan_steps:
             self._replan(state)
         accel_yaw = self._plan[:, state.step - self._plan_step] * self._controlled[:, None]
         return Action(accel_yaw.astype(np.float32), np.zeros(self._scene.num_agents, bool))

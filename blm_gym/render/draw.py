@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Literal
 
 import numpy as np
 import shapely
 
 from blm_gym.data.scene import AgentType, RoadMap, Scene
 from blm_gym.sim.geometry import box_corners
+from blm_gym.sim.state import SimulatorState
 
 os.environ.setdefault("PYGAME_HIDE_SUPPORT_PROMPT", "1")
 import pygame  # noqa: E402  (after the prompt is silenced)
@@ -75,20 +76,6 @@ class RenderConfig:
             raise ValueError(f"RenderConfig: px_per_m must be > 0, got {self.px_per_m}")
         if self.center not in ("ego", "scene"):
             raise ValueError(f"RenderConfig: center must be 'ego' or 'scene', got {self.center!r}")
-
-
-class AgentBoxes(Protocol):
-    """What a frame draws per agent: arrays ``(N,)`` in metres / radians, ``valid`` bool.
-
-    :class:`blm_gym.sim.state.SimState` satisfies it (its ``step`` gives the overlay time).
-    """
-
-    x: np.ndarray
-    y: np.ndarray
-    heading: np.ndarray
-    length: np.ndarray
-    width: np.ndarray
-    valid: np.ndarray
 
 
 def _shade(colour: RGB, k: float) -> RGB:
@@ -189,29 +176,20 @@ class Renderer:
             self._layer = _MapLayer(scene.road, ((view[0] + view[2]) / 2, (view[1] + view[3]) / 2), self.config)
         return self._layer
 
-    def render(self, scene: Scene, state: AgentBoxes, *, collided=None, offroad=None,
-               trajectories=None, trajectory_mask=None, title: str | None = None) -> np.ndarray:
-        """One frame ``(height, width, 3)`` uint8 RGB.
+    def render(self, state: SimulatorState, *, trajectories=None, trajectory_mask=None,
+               title: str | None = None) -> np.ndarray:
+        """One frame ``(height, width, 3)`` uint8 RGB of the state's current step.
 
-        state: agent boxes at this step, arrays ``(N,)`` (a ``SimState``), N = ``scene.num_agents``.
-        collided, offroad: optional bool ``(N,)``; collided agents are filled red, off-road agents
-            get an orange outline.
+        Agents the step's checks flag as colliding are filled red, off-road ones get an orange outline.
         trajectories: optional ``(N, T, 2)`` world positions (plans, predictions) drawn as
             polylines in the agent's colour; ``trajectory_mask`` ``(N, T)`` bool marks valid points.
         title: overlay text; default ``"<scene id>  t=<time> s"``.
         """
-        cfg = self.config
-        n = scene.num_agents
+        cfg, scene, step = self.config, state.scene, state.current_step
         x, y, heading, length, width = (np.asarray(getattr(state, k), np.float64)
                                         for k in ("x", "y", "heading", "length", "width"))
         valid = np.asarray(state.valid, bool)
-        for name, a in (("x", x), ("y", y), ("heading", heading), ("length", length), ("width", width),
-                        ("valid", valid)):
-            if a.shape != (n,):
-                raise ValueError(f"render: state.{name} has shape {a.shape}, expected ({n},) for the "
-                                 f"{n} agents of scene {scene.scene_id}")
-        collided = self._flags(collided, n, "collided")
-        offroad = self._flags(offroad, n, "offroad")
+        collided, offroad = state.collision[:, step], state.offroad[:, step]
         s = cfg.px_per_m
 
         ego = scene.ego_index
@@ -228,7 +206,6 @@ class Renderer:
         frame.fill(BACKGROUND)
         frame.blit(layer.surface, (round((layer.x0 - left) * s), round((top - layer.y1) * s)))
 
-        step = int(getattr(state, "step", 0))
         if cfg.draw_trajectories:
             self._draw_log(frame, scene, step, to_px)
         if trajectories is not None:
@@ -248,15 +225,6 @@ class Renderer:
         if cfg.show_text:
             self._overlay(frame, title if title is not None else f"{scene.scene_id}  t={step * scene.dt:.1f} s")
         return np.frombuffer(pygame.image.tobytes(frame, "RGB"), np.uint8).reshape(cfg.height, cfg.width, 3)
-
-    @staticmethod
-    def _flags(a, n: int, name: str) -> np.ndarray:
-        if a is None:
-            return np.zeros(n, bool)
-        a = np.asarray(a, bool)
-        if a.shape != (n,):
-            raise ValueError(f"render: {name} has shape {a.shape}, expected ({n},) (one flag per agent)")
-        return a
 
     @staticmethod
     def _runs(frame, pts: np.ndarray, mask: np.ndarray, colour: RGB, width: int):
@@ -321,9 +289,9 @@ class Renderer:
             self._window = None
 
 
-def render_frame(scene: Scene, state: AgentBoxes, config: RenderConfig = RenderConfig(), **kwargs) -> np.ndarray:
+def render_frame(state: SimulatorState, config: RenderConfig = RenderConfig(), **kwargs) -> np.ndarray:
     """One frame ``(config.height, config.width, 3)`` uint8; see :meth:`Renderer.render` for ``kwargs``.
 
     Builds the map layer afresh; use a :class:`Renderer` to draw many frames of a scene.
     """
-    return Renderer(config).render(scene, state, **kwargs)
+    return Renderer(config).render(state, **kwargs)

@@ -1,6 +1,7 @@
 """Render recorded rollouts (from an HDF5 file plus the scene's map) to frames and videos."""
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Sequence
 
@@ -9,17 +10,16 @@ import numpy as np
 from blm_gym.data.source import SceneSource
 from blm_gym.render.draw import RenderConfig, Renderer
 from blm_gym.render.video import write_video
-from blm_gym.rollout.record import Rollout, rollout_to_scene
-from blm_gym.rollout.runner import load_scene
-from blm_gym.sim.geometry import agent_collisions, offroad
-from blm_gym.sim.state import SimState
+from blm_gym.data.registry import load_scene
+from blm_gym.sim.record import Rollout, sample_state
 
 DRAW_MODES = ("action", "entire_traj", "map")
 
 
 def rollout_frames(rollout: Rollout, sample: int, scene, config: RenderConfig = RenderConfig(),
-                   draw_mode: str = "action") -> list[np.ndarray]:
-    """Frames ``(H, W, 3)`` uint8 of one simulated sample, one per step.
+                   draw_mode: str = "action", steps: int | None = None) -> list[np.ndarray]:
+    """Frames ``(H, W, 3)`` uint8 of one simulated sample, one per step (the first ``steps`` only,
+    if given).
 
     ``draw_mode``: ``"action"`` draws each agent's simulated path so far; ``"entire_traj"`` the
     whole simulated path on every frame; ``"map"`` only the map and the boxes. Collided agents are
@@ -27,25 +27,22 @@ def rollout_frames(rollout: Rollout, sample: int, scene, config: RenderConfig = 
     """
     if draw_mode not in DRAW_MODES:
         raise ValueError(f"draw_mode must be one of {DRAW_MODES}, got {draw_mode!r}")
-    sim = rollout_to_scene(rollout, sample, scene)
-    tr = sim.traj
-    collided = agent_collisions(tr.x.T, tr.y.T, tr.heading.T, tr.length, tr.width, tr.valid.T)  # (T, N)
-    off = offroad(scene.road.drivable, tr.x.T, tr.y.T, tr.valid.T & sim.is_vehicle)
+    final = sample_state(rollout, sample, scene)
+    t0, num = rollout.start_step, rollout.num_steps
+    paths = final.sim.xy
     renderer = Renderer(config)
     frames = []
-    for t in range(tr.num_steps):
-        state = SimState(tr.x[:, t], tr.y[:, t], tr.heading[:, t], tr.speed[:, t], tr.length, tr.width,
-                         tr.valid[:, t], rollout.start_step + t)
+    for t in range(num if steps is None else min(steps, num)):
+        state = dataclasses.replace(final, current_step=t0 + t)
         if draw_mode == "map":
-            paths = mask = None
+            trajectories = mask = None
         else:
-            upto = tr.num_steps if draw_mode == "entire_traj" else t + 1
-            paths = tr.xy.copy()
-            mask = tr.valid.copy()
+            upto = t0 + (num if draw_mode == "entire_traj" else t + 1)
+            trajectories, mask = paths, final.sim.valid.copy()
+            mask[:, :t0] = False
             mask[:, upto:] = False
-        frames.append(renderer.render(sim, state, collided=collided[t], offroad=off[t], trajectories=paths,
-                                      trajectory_mask=mask, title=f"{rollout.scene_id} [{rollout.policy}] "
-                                      f"sample {sample}  t={t * rollout.dt:.1f} s"))
+        frames.append(renderer.render(state, trajectories=trajectories, trajectory_mask=mask,
+                                      title=f"{rollout.scene_id} [{rollout.policy}] sample {sample}  t={t * rollout.dt:.1f} s"))
     renderer.close()
     return frames
 

@@ -8,7 +8,7 @@ from typing import Iterable, Sequence
 import imageio.v2 as imageio
 import numpy as np
 
-from blm_gym.io import atomic_path
+from blm_gym.atomic_files import atomic_path
 
 
 def _check_frame(frame: np.ndarray, what: str) -> np.ndarray:

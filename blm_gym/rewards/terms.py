@@ -24,14 +24,13 @@ import dataclasses
 import functools
 import re
 from dataclasses import dataclass
-from typing import Callable, Mapping, Protocol, Sequence, runtime_checkable
+from typing import Callable, Mapping, Protocol, runtime_checkable
 
 import numpy as np
 
-from blm_gym.data.scene import AgentType, DrivableArea, Scene
-from blm_gym.metrics.safety import rss_violations as _rss
-from blm_gym.sim.geometry import agent_collisions, boxes_overlap, offroad as _offroad
-from blm_gym.sim.state import SimState
+from blm_gym.data.scene import AgentType, DrivableArea, Scene, Trajectories
+from blm_gym.sim.rss import rss_violations as _rss
+from blm_gym.sim.state import SimulatorState, trajectory_checks
 from blm_gym.sim.ttc import time_to_collision
 
 
@@ -43,6 +42,9 @@ class RewardContext:
     ``length, width`` [m]: ``(N,)`` or ``(..., N)``. ``agent_type``: int ``(N,)`` of
     :class:`AgentType`. ``controlled``: bool ``(N,)``, the agents being scored. ``ego_index``:
     the ego agent. ``dt`` [s]: step between states. ``drivable``: the scene's drivable area.
+    ``collision``, ``offroad``: bool ``(..., N, T)``, the simulator's per-step checks of these
+    states (:func:`blm_gym.sim.state.trajectory_checks`): read from the
+    :class:`~blm_gym.sim.state.SimulatorState` in an env, computed once for decoded plans.
     """
 
     x: np.ndarray
@@ -56,7 +58,9 @@ class RewardContext:
     controlled: np.ndarray
     ego_index: int
     dt: float
-    drivable: DrivableArea | None = None
+    drivable: DrivableArea
+    collision: np.ndarray
+    offroad: np.ndarray
 
     @property
     def batch_shape(self) -> tuple[int, ...]:
@@ -84,7 +88,8 @@ class RewardContext:
     @staticmethod
     def from_scene(scene: Scene, x, y, heading, speed, valid, controlled=None,
                    agent_index=None) -> "RewardContext":
-        """Context for states ``(..., N, T)`` of the scene's agents ``agent_index`` (default all).
+        """Context for states ``(..., N, T)`` of the scene's agents ``agent_index`` (default all),
+        e.g. decoded plans; the per-step checks are computed here, once.
 
         ``controlled`` (bool ``(N,)``) defaults to every agent.
         """
@@ -95,23 +100,29 @@ class RewardContext:
         x = np.asarray(x, np.float32)
         if x.ndim < 2 or x.shape[-2] != n:
             raise ValueError(f"RewardContext.from_scene: states must be (..., N={n}, T), got {x.shape}")
-        controlled = np.ones(n, bool) if controlled is None else np.asarray(controlled, bool)
-        return RewardContext(
-            x=x, y=np.asarray(y, np.float32), heading=np.asarray(heading, np.float32),
-            speed=np.asarray(speed, np.float32), valid=np.asarray(valid, bool),
-            length=scene.traj.length[idx], width=scene.traj.width[idx], agent_type=scene.agent_type[idx],
-            controlled=controlled, ego_index=int(np.flatnonzero(idx == scene.ego_index)[0]), dt=scene.dt,
-            drivable=scene.road.drivable,
-        )
+        states = Trajectories.from_states(x, y, heading, speed, scene.traj.length[idx], scene.traj.width[idx],
+                                          np.asarray(valid, bool))
+        collision, offroad = trajectory_checks(states, scene.road.drivable, scene.is_vehicle[idx])
+        return RewardContext._of(states, scene, idx, controlled, collision, offroad)
 
     @staticmethod
-    def from_sim_states(scene: Scene, states: Sequence[SimState], controlled=None) -> "RewardContext":
-        """Context over consecutive simulator states (T = ``len(states)``), e.g. for env wrappers."""
-        if not states:
-            raise ValueError("RewardContext.from_sim_states: need at least one state")
-        stack = lambda name: np.stack([getattr(s, name) for s in states], -1)  # noqa: E731
-        return RewardContext.from_scene(scene, stack("x"), stack("y"), stack("heading"), stack("speed"),
-                                        stack("valid"), controlled)
+    def from_state(state: SimulatorState, controlled=None, window: int = 1) -> "RewardContext":
+        """Context over the last ``window`` steps of a simulation, with the checks its steps wrote
+        (the env wrappers' view)."""
+        t0 = max(0, state.current_step - window + 1)
+        steps = slice(t0, state.current_step + 1)
+        return RewardContext._of(state.sim.select(steps=steps), state.scene, np.arange(state.scene.num_agents),
+                                 controlled, state.collision[:, steps], state.offroad[:, steps])
+
+    @staticmethod
+    def _of(states: Trajectories, scene: Scene, idx: np.ndarray, controlled, collision, offroad) -> "RewardContext":
+        controlled = np.ones(len(idx), bool) if controlled is None else np.asarray(controlled, bool)
+        return RewardContext(
+            x=states.x, y=states.y, heading=states.heading, speed=states.speed, valid=states.valid,
+            length=states.length, width=states.width, agent_type=scene.agent_type[idx], controlled=controlled,
+            ego_index=int(np.flatnonzero(idx == scene.ego_index)[0]), dt=scene.dt, drivable=scene.road.drivable,
+            collision=collision, offroad=offroad,
+        )
 
 
 @runtime_checkable
@@ -130,12 +141,6 @@ def _masked_mean(values: np.ndarray, mask: np.ndarray) -> np.ndarray:
 
 # ---- terms -------------------------------------------------------------------------------------
 
-def _boxes(ctx: RewardContext) -> tuple[np.ndarray, ...]:
-    """``(x, y, heading, length, width, valid)`` as ``(..., T, N)`` for the geometry functions."""
-    st = ctx.steps
-    return st["x"], st["y"], st["heading"], st["length"], st["width"], st["valid"]
-
-
 def _agent_first(a: np.ndarray) -> np.ndarray:
     """``(..., T, N)`` -> ``(..., N, T)``."""
     return np.swapaxes(a, -1, -2)
@@ -153,7 +158,7 @@ def _agent_any_mean(hit: np.ndarray, scored: np.ndarray) -> np.ndarray:
 
 def collision(ctx: RewardContext) -> np.ndarray:
     """Minus the fraction of scored agents whose box overlaps another valid agent's box at any step."""
-    return 0.0 - _agent_any_mean(_agent_first(agent_collisions(*_boxes(ctx))), ctx.focus)
+    return 0.0 - _agent_any_mean(ctx.collision, ctx.focus)
 
 
 def offroad(ctx: RewardContext, from_road: float = 0.0) -> np.ndarray:
@@ -162,9 +167,7 @@ def offroad(ctx: RewardContext, from_road: float = 0.0) -> np.ndarray:
     ``from_road=1`` scores only vehicles on the drivable area at their first valid state (the
     ``offroad_rate_any`` metric: leaving the road, not parking beside it; needs ``T > 1``).
     """
-    if ctx.drivable is None:
-        raise ValueError("offroad term: the RewardContext has no drivable area; build it with from_scene(...)")
-    off = _offroad(ctx.drivable, ctx.x, ctx.y, ctx.valid)
+    off = ctx.offroad
     scored = ctx.focus & (ctx.agent_type == AgentType.VEHICLE)[:, None]
     if from_road:
         first = np.argmax(ctx.valid, axis=-1)[..., None]
@@ -273,7 +276,7 @@ def safety_critical(ctx: RewardContext, adversary: int | None = None, distance_s
     dist = np.hypot(pick(ctx.x) - ctx.x[..., ego, :], pick(ctx.y) - ctx.y[..., ego, :])
     d_min = np.where(both, dist, np.inf).min(-1)
     ttc_min = pick(_agent_first(_ttc(ctx, 5.0, 3)[..., ego, :])).min(-1)
-    collided = pick(_agent_first(boxes_overlap(*_boxes(ctx)).any(-1))).any(-1)
+    collided = pick(ctx.collision).any(-1)
     return np.exp(-d_min / distance_scale) + np.exp(-ttc_min / ttc_scale) - collision_penalty * collided
 
 

@@ -1,53 +1,54 @@
 """Gymnasium wrappers that add rule-based reward terms to any blm_gym env.
 
 Each wrapper scores the ego agent (``env.unwrapped.ego_index``) after every step with one term
-from :mod:`blm_gym.rewards.terms`, over the last ``term.window`` simulator states it has seen
-(``env.unwrapped.sim_state``), adds ``weight * value`` to the reward and records the unweighted
-value in ``info["reward_terms"][name]``. Wrappers compose by nesting::
+from :mod:`blm_gym.rewards.terms`, over the last ``term.window`` steps of the env's simulator
+state (``env.unwrapped.state``, with the per-step checks its step wrote), adds ``weight * value``
+to the reward and records the unweighted value in ``info["reward_terms"][name]``. Wrappers
+inherit :class:`gymnasium.utils.RecordConstructorArgs`, so ``gym.make(env.spec)`` rebuilds a
+wrapped env. Wrappers compose by nesting::
 
     env = ProgressReward(CollisionPenalty(OffroadPenalty(env)), weight=0.1)
 """
 from __future__ import annotations
 
-from collections import deque
-
 import gymnasium as gym
 import numpy as np
 
 from blm_gym.rewards.terms import RewardContext, RewardTerm, get_term
+from blm_gym.sim.state import SimulatorState
 
 
-class RewardTermWrapper(gym.Wrapper):
+class RewardTermWrapper(gym.Wrapper, gym.utils.RecordConstructorArgs):
     """Adds ``weight * term(ctx)`` for the ego to every step's reward.
 
     ``name`` keys the value in ``info["reward_terms"]`` (default: the term's function name).
-    The underlying env must expose ``unwrapped.scene``, ``unwrapped.sim_state`` and
-    ``unwrapped.ego_index``.
+    The underlying env must expose ``unwrapped.state`` (a :class:`~blm_gym.sim.state.SimulatorState`)
+    and ``unwrapped.ego_index``.
     """
 
     def __init__(self, env: gym.Env, term: RewardTerm, weight: float = 1.0, name: str | None = None):
-        super().__init__(env)
+        gym.utils.RecordConstructorArgs.__init__(self, term=term, weight=weight, name=name)
+        gym.Wrapper.__init__(self, env)
         self.term, self.weight = term, float(weight)
         self.name = name or getattr(term, "__name__", None) or getattr(getattr(term, "fn", None), "__name__", "term")
-        self._states: deque = deque(maxlen=max(1, int(getattr(term, "window", 1))))
+        self.window = max(1, int(getattr(term, "window", 1)))
 
     def reset(self, **kwargs):
         obs, info = self.env.reset(**kwargs)
-        for attr in ("scene", "sim_state", "ego_index"):
-            if not hasattr(self.env.unwrapped, attr):
-                raise TypeError(f"{type(self).__name__}: the env must expose unwrapped.{attr} after reset "
-                                f"(blm_gym envs do); {type(self.env.unwrapped).__name__} does not")
-        self._states.clear()
-        self._states.append(self.env.unwrapped.sim_state)
+        base = self.env.unwrapped
+        if not isinstance(getattr(base, "state", None), SimulatorState) or not hasattr(base, "ego_index"):
+            raise TypeError(f"{type(self).__name__}: the env must expose unwrapped.state (a SimulatorState) and "
+                            f"unwrapped.ego_index after reset (blm_gym envs do); {type(base).__name__} does not")
         return obs, info
 
     def step(self, action):
         obs, reward, terminated, truncated, info = self.env.step(action)
         base = self.env.unwrapped
-        self._states.append(base.sim_state)
-        controlled = np.arange(base.scene.num_agents) == base.ego_index
-        ctx = RewardContext.from_sim_states(base.scene, list(self._states), controlled)
-        value = float(self.term(ctx))
+        state = base.state
+        # the episode's own steps only: the log before the start is not the ego's doing
+        window = min(self.window, state.current_step - state.start_step + 1)
+        controlled = np.arange(state.scene.num_agents) == base.ego_index
+        value = float(self.term(RewardContext.from_state(state, controlled, window)))
         info = dict(info)
         info["reward_terms"] = {**info.get("reward_terms", {}), self.name: value}
         return obs, float(reward) + self.weight * value, terminated, truncated, info
@@ -59,6 +60,7 @@ class _NamedTermWrapper(RewardTermWrapper):
     term_name: str
 
     def __init__(self, env: gym.Env, weight: float = 1.0, **params):
+        self._saved_kwargs = {"weight": weight, **params}  # what gym.make(env.spec) passes back
         super().__init__(env, get_term(self.term_name, **params), weight, name=self.term_name)
 
 

@@ -39,7 +39,7 @@ from torch.distributions import Independent, Normal
 from tqdm import tqdm
 
 from blm_gym.config import config_to_dict
-from blm_gym.io import atomic_path
+from blm_gym.atomic_files import atomic_path
 from blm_gym.models.blm import BLMModel
 from blm_gym.models.checkpoint import load_checkpoint, load_model, restore_model, save_checkpoint
 from blm_gym.rewards.terms import RewardTerm, make_reward

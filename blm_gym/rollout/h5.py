@@ -1,9 +1,9 @@
 """Rollout files: HDF5 (h5py), written atomically, versioned.
 
-Schema, version 1::
+Schema, version 2::
 
     /                               file attributes
-        schema_version   int        1; readers refuse other versions
+        schema_version   int        2; readers refuse other versions
         blm_gym_version  str        version of blm_gym that wrote the file
         config           str        the run configuration as JSON (policy, samples, seed, ...)
     /rollouts/000000                one group per rollout (one scene x K samples), in order
@@ -16,13 +16,15 @@ Schema, version 1::
         sim/heading           (K, N, T) float32   rad
         sim/speed             (K, N, T) float32   m/s along heading
         sim/valid             (K, N, T) bool
+        sim/collision         (K, N, T) bool      the simulator's per-step checks: box overlap,
+        sim/offroad           (K, N, T) bool      vehicle centre off the drivable area
         log/x, log/y, log/heading, log/speed, log/vx, log/vy   (N, T) float32   same steps, logged
         log/valid             (N, T)    bool
         log/length, log/width (N,)      float32   m
 
 Index ``t = 0`` is the initial (logged) state at ``start_step``; ``t = 1 .. T - 1`` are simulated.
 Maps are not stored: load the scene by ``scene_id`` from its data source and combine them with
-:func:`blm_gym.rollout.rollout_to_scene`. Float arrays are gzip-compressed (lossless).
+:func:`blm_gym.sim.record.sample_state`. Float arrays are gzip-compressed (lossless).
 """
 from __future__ import annotations
 
@@ -36,11 +38,11 @@ import h5py
 import numpy as np
 
 from blm_gym.data.scene import Trajectories
-from blm_gym.io import atomic_path
-from blm_gym.rollout.record import Rollout
+from blm_gym.atomic_files import atomic_path
+from blm_gym.sim.record import Rollout
 
-SCHEMA_VERSION = 1
-_SIM = ("x", "y", "heading", "speed", "valid")
+SCHEMA_VERSION = 2
+_SIM = ("x", "y", "heading", "speed", "valid", "collision", "offroad")
 _LOG = tuple(f.name for f in dataclasses.fields(Trajectories))
 
 

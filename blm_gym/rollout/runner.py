@@ -1,7 +1,13 @@
-"""Closed-loop rollouts: a policy drives the chosen agents, the others replay the log."""
+"""Closed-loop rollouts: a policy drives the chosen agents, the others replay the log.
+
+Each episode is a loop of :func:`blm_gym.sim.state.step` over one :class:`SimulatorState`, the same
+step the envs take; the K final states of a scene become one :class:`Rollout` record.
+"""
 from __future__ import annotations
 
 import dataclasses
+import enum
+from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import numpy as np
@@ -10,20 +16,58 @@ from tqdm.auto import tqdm
 from blm_gym.data.scene import AgentType, Scene
 from blm_gym.data.source import SceneSource
 from blm_gym.policies.base import Policy
-from blm_gym.rollout.record import Rollout
-from blm_gym.sim.state import ENTRY_CHECK_S, Action, SimState, step
+from blm_gym.sim.record import Rollout
+from blm_gym.data.registry import load_scene
+from blm_gym.sim.state import ENTRY_CHECK_S, Membership, SimulatorState, merge_actions, step
 
 DEFAULT_START_STEP = 30  # 3 s of history at dt 0.1, so models have context
 CONTROLLED_CHOICES = ("all_vehicles", "all", "non_ego")
 
 
-def load_scene(source: SceneSource, scene_id: str) -> Scene:
-    """Load the scene with id ``scene_id`` from ``source``."""
-    ids = list(source.scene_ids)
-    if scene_id not in ids:
-        raise KeyError(f"Scene {scene_id!r} is not in source {source.name!r} ({len(ids)} scenes, "
-                       f"e.g. {ids[:3]}); pick one of source.scene_ids")
-    return source.load(ids.index(scene_id))
+class Protocol(str, enum.Enum):
+    """How episodes are set up. ``closed_loop``: the settings as given. ``wosac``: the Waymo Open
+    Sim Agents Challenge protocol: history up to the scene's current step (index 10, 1.1 s), 80
+    simulated steps (8 s), 32 samples, every agent valid at the current step simulated by the
+    policy for all 80 steps (``persistent`` membership: nobody enters, nobody leaves)."""
+
+    CLOSED_LOOP = "closed_loop"
+    WOSAC = "wosac"
+
+
+WOSAC_CURRENT_STEP, WOSAC_STEPS, WOSAC_SAMPLES = 10, 80, 32
+
+
+@dataclass(frozen=True)
+class RolloutConfig:
+    """``blm-gym rollout``: closed-loop runs of a policy on an env id's scenes, to an HDF5 file."""
+
+    env: str = "BLM-Synthetic-v0"  # env id whose scenes to use
+    data_dir: str | None = None  # else $BLM_GYM_DATA
+    policy: str = "idm"  # log | constant_velocity | idm | blm | blm_unguided
+    checkpoint: str | None = None  # BLM weights for the blm policies (default: the shipped model)
+    scenes: tuple[str, ...] = ()  # scene ids (empty: all)
+    samples: int = 1  # closed-loop samples per scene
+    start_step: int = DEFAULT_START_STEP  # log step of the first simulated state
+    horizon_s: float = 10.0  # seconds simulated (clamped to the log)
+    controlled: str = "all_vehicles"  # all_vehicles | all | non_ego (the others replay the log)
+    seed: int = 0
+    membership: Membership = Membership.LOG  # who takes part (blm_gym.sim.state.Membership)
+    entry_check_s: float = ENTRY_CHECK_S  # newcomers' entry check horizon (0: spawn regardless)
+    protocol: Protocol = Protocol.CLOSED_LOOP  # wosac overrides start, horizon, samples, membership, controlled
+    out: str = "results/rollout.h5"
+
+    def __post_init__(self):
+        object.__setattr__(self, "membership", Membership(self.membership))
+        object.__setattr__(self, "protocol", Protocol(self.protocol))
+        if self.controlled not in CONTROLLED_CHOICES:
+            raise ValueError(f"controlled={self.controlled!r}; choose one of {CONTROLLED_CHOICES}")
+
+    def resolved(self) -> "RolloutConfig":
+        """The settings the protocol implies (``wosac`` overrides; ``closed_loop`` keeps them)."""
+        if self.protocol is Protocol.CLOSED_LOOP:
+            return self
+        return dataclasses.replace(self, start_step=WOSAC_CURRENT_STEP, horizon_s=WOSAC_STEPS * 0.1,
+                                   samples=WOSAC_SAMPLES, membership=Membership.PERSISTENT, controlled="all")
 
 
 def controlled_mask(scene: Scene, controlled: str | np.ndarray) -> np.ndarray:
@@ -48,39 +92,45 @@ def controlled_mask(scene: Scene, controlled: str | np.ndarray) -> np.ndarray:
 
 
 def simulate(scene: Scene, policy: Policy, controlled: np.ndarray, start_step: int, num_steps: int,
-             rng: np.random.Generator, freeze_agents: bool = False, entry_check_s: float = ENTRY_CHECK_S
-             ) -> tuple[np.ndarray, np.ndarray]:
-    """One closed-loop episode of ``num_steps`` steps from the logged state at ``start_step``
-    (``freeze_agents``, ``entry_check_s``: see :func:`blm_gym.sim.state.step`).
-
-    Returns states ``(4, N, num_steps + 1)`` (x, y, heading, speed; index 0 is the initial state)
-    and validity ``(N, num_steps + 1)``.
+             rng: np.random.Generator, membership: Membership | str = Membership.LOG,
+             entry_check_s: float = ENTRY_CHECK_S) -> SimulatorState:
+    """One closed-loop episode of ``num_steps`` steps from the logged state at ``start_step``:
+    ``policy`` drives the ``controlled`` agents (bool ``(N,)``), the others replay the log
+    (``membership``, ``entry_check_s``: see :func:`blm_gym.sim.state.step`). Returns the final state.
     """
-    log = scene.traj
-    state = SimState.from_log(log, start_step)
+    state = SimulatorState.from_log(scene, start_step, membership)
     policy.reset(scene, start_step, controlled, rng)
-    states = np.empty((4, scene.num_agents, num_steps + 1), np.float32)
-    valid = np.empty((scene.num_agents, num_steps + 1), bool)
+    for _ in range(num_steps):
+        action = merge_actions(scene.num_agents, (policy.act(state), controlled))
+        state = step(state, action, entry_check_s=entry_check_s)
+    return state
 
-    def record(t, s):
-        states[:, :, t] = s.x, s.y, s.heading, s.speed
-        valid[:, t] = s.valid
 
-    record(0, state)
-    for t in range(1, num_steps + 1):
-        action = policy.act(state)
-        # Rows of agents the policy does not control are ignored: those agents replay the log.
-        action = Action(np.where(controlled[:, None], action.accel_yaw, 0.0).astype(np.float32),
-                        action.replay_log | ~controlled)
-        state = step(state, action, log, scene.dt, freeze_agents=freeze_agents, entry_check_s=entry_check_s)
-        record(t, state)
-    return states, valid
+def record_rollout(states: Sequence[SimulatorState], policy: str, controlled: np.ndarray) -> Rollout:
+    """The K final states of one scene's episodes as a :class:`Rollout` over the steps from
+    their common start step to their common current step."""
+    first = states[0]
+    steps = slice(first.start_step, first.current_step + 1)
+    sims = [s.sim.select(steps=steps) for s in states]
+    stack = lambda name: np.stack([getattr(t, name) for t in sims])  # noqa: E731
+    log = first.log.select(steps=steps)
+    if first.membership is not Membership.LOG:  # what step() lets stay: valid since the start without a gap
+        log = dataclasses.replace(log, valid=np.logical_and.accumulate(log.valid, axis=1))
+    scene = first.scene
+    return Rollout(
+        scene_id=scene.scene_id, source=scene.source, policy=policy, dt=scene.dt, start_step=first.start_step,
+        ego_index=scene.ego_index, agent_ids=scene.agent_ids, agent_type=scene.agent_type, controlled=controlled,
+        x=stack("x"), y=stack("y"), heading=stack("heading"), speed=stack("speed"), valid=stack("valid"),
+        collision=np.stack([s.collision[:, steps] for s in states]),
+        offroad=np.stack([s.offroad[:, steps] for s in states]), log=log,
+    )
 
 
 def run_rollouts(source: SceneSource, policy_factory: Callable[[], Policy], *, scene_ids: Sequence[str],
                  samples: int = 1, start_step: int = DEFAULT_START_STEP, horizon_s: float = 10.0,
-                 controlled: str | np.ndarray = "all_vehicles", seed: int = 0, freeze_agents: bool = False,
-                 entry_check_s: float = ENTRY_CHECK_S, progress: bool = True) -> list[Rollout]:
+                 controlled: str | np.ndarray = "all_vehicles", seed: int = 0,
+                 membership: Membership | str = Membership.LOG, entry_check_s: float = ENTRY_CHECK_S,
+                 progress: bool = True) -> list[Rollout]:
     """Roll ``policy_factory()`` out closed loop on each scene ``samples`` times.
 
     The factory is called once; its policy is reset for every (scene, sample) with a generator
@@ -88,10 +138,10 @@ def run_rollouts(source: SceneSource, policy_factory: Callable[[], Policy], *, s
     ``horizon_s`` seconds, clamped to what the log has after ``start_step``. Returns one
     :class:`Rollout` per scene, in the order of ``scene_ids``.
 
-    ``freeze_agents``: only the agents valid at ``start_step`` take part (:func:`~blm_gym.sim.state.step`);
-    the rollout's log then holds just those tracks too (valid until their first gap), so the
-    metrics on the log describe the same agents. ``entry_check_s``: the newcomers' entry check
-    (:func:`~blm_gym.sim.state.step`); the log keeps every logged track.
+    ``membership`` (:class:`~blm_gym.sim.state.Membership`): who takes part; with ``frozen`` or
+    ``persistent`` the rollout's log holds just the agents valid at ``start_step`` too (valid until
+    their first gap), so the metrics on the log describe the same agents. ``entry_check_s``: the
+    newcomers' entry check (:func:`~blm_gym.sim.state.step`); the log keeps every logged track.
     """
     if samples < 1:
         raise ValueError(f"samples must be >= 1, got {samples}")
@@ -112,18 +162,8 @@ def run_rollouts(source: SceneSource, policy_factory: Callable[[], Policy], *, s
         runs = []
         for k in range(samples):
             runs.append(simulate(scene, policy, mask, start_step, num_steps, np.random.default_rng([seed, pos, k]),
-                                 freeze_agents, entry_check_s))
+                                 membership, entry_check_s))
             bar.update()
-        states = np.stack([s for s, _ in runs])  # (K, 4, N, T)
-        log = scene.traj.select(steps=slice(start_step, start_step + num_steps + 1))
-        if freeze_agents:  # what step() lets stay: valid since start_step without a gap
-            log = dataclasses.replace(log, valid=np.logical_and.accumulate(log.valid, axis=1))
-        out.append(Rollout(
-            scene_id=scene.scene_id, source=scene.source, policy=name, dt=scene.dt, start_step=start_step,
-            ego_index=scene.ego_index, agent_ids=scene.agent_ids, agent_type=scene.agent_type, controlled=mask,
-            x=states[:, 0], y=states[:, 1], heading=states[:, 2], speed=states[:, 3],
-            valid=np.stack([v for _, v in runs]),
-            log=log,
-        ))
+        out.append(record_rollout(runs, name, mask))
     bar.close()
     return out

@@ -29,11 +29,13 @@ DEFAULT_HORIZON = 5.0  # s
 
 
 def time_to_collision(x, y, vx, vy, length, width, valid, horizon: float = DEFAULT_HORIZON, *,
-                      heading=None, num_discs: int = 1) -> np.ndarray:
+                      heading=None, num_discs: int = 1, rows=None) -> np.ndarray:
     """Pairwise time to collision in seconds, float ``(..., N, N)`` from inputs ``(..., N)``.
 
     See the module docstring for the exact definition. ``heading`` (radians, ``(..., N)``) places
     the discs when ``num_discs > 1``. Symmetric; diagonal and invalid pairs are ``inf``.
+    ``rows`` (int indices ``(R,)``): only those agents' rows, ``(..., R, N)`` (the env needs the
+    ego's row alone).
     """
     if num_discs < 1:
         raise ValueError(f"time_to_collision: num_discs must be >= 1, got {num_discs}")
@@ -50,12 +52,14 @@ def time_to_collision(x, y, vx, vy, length, width, valid, horizon: float = DEFAU
     cx, cy, radius = disc_cover(x, y, heading, length, width, num_discs)
     radius = radius[..., None]
 
+    n = x.shape[-1]
+    rows = np.arange(n) if rows is None else np.asarray(rows, np.int64).reshape(-1)
     # Pair axes: (..., i, j, k_i, k_j); velocities are shared by all discs of an agent.
-    px = cx[..., None, :, None, :] - cx[..., :, None, :, None]
-    py = cy[..., None, :, None, :] - cy[..., :, None, :, None]
-    rvx = (vx[..., None, :] - vx[..., :, None])[..., None, None]
-    rvy = (vy[..., None, :] - vy[..., :, None])[..., None, None]
-    r_sum = radius[..., None, :, None, :] + radius[..., :, None, :, None]
+    px = cx[..., None, :, None, :] - cx[..., rows, None, :, None]
+    py = cy[..., None, :, None, :] - cy[..., rows, None, :, None]
+    rvx = (vx[..., None, :] - vx[..., rows, None])[..., None, None]
+    rvy = (vy[..., None, :] - vy[..., rows, None])[..., None, None]
+    r_sum = radius[..., None, :, None, :] + radius[..., rows, None, :, None]
     a = rvx**2 + rvy**2
     b = px * rvx + py * rvy
     c = px**2 + py**2 - r_sum**2
@@ -67,9 +71,8 @@ def time_to_collision(x, y, vx, vy, length, width, valid, horizon: float = DEFAU
         t = np.where(closing, c / (-b + np.sqrt(np.where(closing, disc, 0.0))), np.inf)
     t = np.where(c <= 0, 0.0, t).min(axis=(-2, -1))
     t = np.where(t <= horizon, t, np.inf)
-    n = x.shape[-1]
-    t[..., np.arange(n), np.arange(n)] = np.inf
-    return np.where(valid[..., :, None] & valid[..., None, :], t, np.inf)
+    t[..., np.arange(len(rows)), rows] = np.inf
+    return np.where(valid[..., rows, None] & valid[..., None, :], t, np.inf)
 
 
 def min_time_to_collision(x, y, vx, vy, length, width, valid, horizon: float = DEFAULT_HORIZON, *,

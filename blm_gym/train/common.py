@@ -17,7 +17,7 @@ import torch
 from tqdm.auto import tqdm
 
 from blm_gym.data.scene import Scene
-from blm_gym.io import atomic_path
+from blm_gym.atomic_files import atomic_path
 from blm_gym.models.batch import AgentBatch, collate, mirror, scene_windows
 from blm_gym.models.blm import BLMModel
 from blm_gym.models.checkpoint import load_checkpoint, restore_model, save_checkpoint
@@ -34,26 +34,22 @@ def load_scenes(data: str, data_dir: str | None, extra_data_dirs: Sequence[str],
     ``val_scenes`` go to val) or ``"synthetic"`` (``synthetic_scenes`` highway-env scenes; the
     last one is val). ``extra_data_dirs``: more ScenarioNet folders, used for training only.
     """
-    if data == "scenarionet":
-        from blm_gym.data.scenarionet import ScenarioNetSource
+    from blm_gym.data.registry import open_source
 
-        source = ScenarioNetSource(data_dir)
-        scenes = [source.load(i) for i in range(len(source))]
+    if data == "scenarionet":
+        source = open_source("scenarionet", data_dir)
+        scenes = [source.load(i) for i in range(len(source.scene_ids))]
         train = [s for s in scenes if s.scene_id not in val_scenes]
         val = [s for s in scenes if s.scene_id in val_scenes]
     elif data == "synthetic":
-        from blm_gym.data.synthetic import SyntheticSource
-
-        source = SyntheticSource(num_scenes=max(synthetic_scenes, 2), seed=seed)
-        scenes = [source.load(i) for i in range(len(source))]
+        source = open_source("synthetic", num_scenes=max(synthetic_scenes, 2), seed=seed)
+        scenes = [source.load(i) for i in range(len(source.scene_ids))]
         train, val = scenes[:-1], scenes[-1:]
     else:
         raise ValueError(f"unknown data {data!r}: use 'scenarionet' (with data_dir) or 'synthetic'")
     for extra in extra_data_dirs:
-        from blm_gym.data.scenarionet import ScenarioNetSource
-
-        source = ScenarioNetSource(extra)
-        train += [source.load(i) for i in range(len(source))]
+        source = open_source("scenarionet", extra)
+        train += [source.load(i) for i in range(len(source.scene_ids))]
     if not train:
         raise ValueError(f"no training scenes left after holding out val_scenes={list(val_scenes)}")
     return train, val

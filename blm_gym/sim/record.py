@@ -6,7 +6,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from blm_gym.data.scene import AgentType, Scene, Trajectories
+from blm_gym.data.scene import AgentType, DrivableArea, Scene, Trajectories
+from blm_gym.sim.state import SimulatorState, trajectory_checks
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,8 @@ class Rollout:
     heading: np.ndarray
     speed: np.ndarray
     valid: np.ndarray
+    collision: np.ndarray
+    offroad: np.ndarray
     log: Trajectories
 
     def __post_init__(self):
@@ -44,7 +47,7 @@ class Rollout:
         if k_n_t[2] < 2:
             raise ValueError(f"Rollout {self.scene_id}: T={k_n_t[2]}; a rollout needs the initial state and at "
                              "least one simulated step")
-        for name in ("y", "heading", "speed", "valid"):
+        for name in ("y", "heading", "speed", "valid", "collision", "offroad"):
             if getattr(self, name).shape != k_n_t:
                 raise ValueError(f"Rollout {self.scene_id}: {name} has shape {getattr(self, name).shape}, "
                                  f"x has {k_n_t}; all simulated arrays must be (K, N, T)")
@@ -54,6 +57,17 @@ class Rollout:
         n = k_n_t[1]
         if self.agent_type.shape != (n,) or self.controlled.shape != (n,) or len(self.agent_ids) != n:
             raise ValueError(f"Rollout {self.scene_id}: agent_type, controlled and agent_ids need {n} entries")
+
+    @staticmethod
+    def from_states(drivable: DrivableArea, **fields) -> "Rollout":
+        """A rollout from every field but ``collision`` and ``offroad``, which are computed from
+        the states (:func:`blm_gym.sim.state.trajectory_checks`) against the scene's ``drivable`` area."""
+        x, y, heading, valid = (np.asarray(fields[k]) for k in ("x", "y", "heading", "valid"))
+        states = Trajectories.from_states(x, y, heading, np.zeros_like(x), fields["log"].length,
+                                          fields["log"].width, valid)
+        collision, offroad = trajectory_checks(states, drivable,
+                                               np.asarray(fields["agent_type"]) == AgentType.VEHICLE)
+        return Rollout(**fields, collision=collision, offroad=offroad)
 
     @property
     def num_samples(self) -> int:
@@ -71,32 +85,33 @@ class Rollout:
     def is_vehicle(self) -> np.ndarray:
         return self.agent_type == AgentType.VEHICLE
 
-    def sample_trajectories(self, sample: int) -> Trajectories:
-        """The simulated states of one sample as :class:`Trajectories` ``(N, T)``."""
-        return Trajectories.from_states(
-            self.x[sample], self.y[sample], self.heading[sample], self.speed[sample],
-            self.log.length, self.log.width, self.valid[sample],
-        )
-
-    def log_as_rollout(self) -> "Rollout":
-        """The logged ground truth as a 1-sample rollout, so every metric runs on it unchanged."""
+    def log_as_rollout(self, drivable: DrivableArea) -> "Rollout":
+        """The logged ground truth as a 1-sample rollout, so every metric runs on it unchanged
+        (its per-step checks against the scene's ``drivable`` area)."""
+        collision, offroad = trajectory_checks(self.log, drivable, self.is_vehicle)
         return dataclasses.replace(
             self, policy="log", x=self.log.x[None], y=self.log.y[None], heading=self.log.heading[None],
-            speed=self.log.speed[None], valid=self.log.valid[None],
+            speed=self.log.speed[None], valid=self.log.valid[None], collision=collision[None], offroad=offroad[None],
         )
 
 
-def rollout_to_scene(rollout: Rollout, sample: int, scene: Scene) -> Scene:
-    """The scene as simulated in ``sample``: its map and agents from ``scene`` (the source's scene
-    with id ``rollout.scene_id``), its tracks the simulated steps ``start_step .. start_step + T - 1``.
-    Renderers draw it like any logged scene.
+def sample_state(rollout: Rollout, sample: int, scene: Scene) -> SimulatorState:
+    """The final :class:`SimulatorState` of one sample of ``rollout``, on ``scene`` (the source's
+    scene with id ``rollout.scene_id``): the log up to the start step, then the simulated steps.
+    ``dataclasses.replace(state, current_step=t)`` shows it at an earlier step ``t`` (renderers do).
     """
     if scene.scene_id != rollout.scene_id:
-        raise ValueError(f"rollout_to_scene: the rollout is of scene {rollout.scene_id!r}, the map given is of "
-                         f"{scene.scene_id!r}; load the scene by id (blm_gym.rollout.load_scene(source, scene_id))")
+        raise ValueError(f"sample_state: the rollout is of scene {rollout.scene_id!r}, the scene given is "
+                         f"{scene.scene_id!r}; load the scene by id (blm_gym.data.registry.load_scene(source, scene_id))")
     if not 0 <= sample < rollout.num_samples:
-        raise ValueError(f"rollout_to_scene: sample {sample} out of range; the rollout has {rollout.num_samples}")
-    return dataclasses.replace(
-        scene, agent_ids=rollout.agent_ids, agent_type=rollout.agent_type, ego_index=rollout.ego_index,
-        traj=rollout.sample_trajectories(sample),
-    )
+        raise ValueError(f"sample_state: sample {sample} out of range; the rollout has {rollout.num_samples}")
+    t0, t1 = rollout.start_step, rollout.start_step + rollout.num_steps
+    state = SimulatorState.from_log(scene, t0)
+    sim = state.sim
+    steps = {k: getattr(sim, k).copy() for k in ("x", "y", "heading", "speed", "valid")}
+    for k, a in steps.items():
+        a[:, t0:t1] = getattr(rollout, k)[sample]
+    sim = Trajectories.from_states(**steps, length=sim.length, width=sim.width)
+    collision, offroad = state.collision.copy(), state.offroad.copy()
+    collision[:, t0:t1], offroad[:, t0:t1] = rollout.collision[sample], rollout.offroad[sample]
+    return dataclasses.replace(state, sim=sim, collision=collision, offroad=offroad, current_step=t1 - 1)
