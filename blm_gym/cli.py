@@ -71,7 +71,12 @@ def cmd_metrics(args) -> int:
     cfg = meta.get("config", {})
     source = scene_source(cfg.get("env", "BLM-Synthetic-v0"), args.data_dir or cfg.get("data_dir"), ids)
     scenes = {sid: load_scene(source, sid) for sid in ids}
-    report = compute_report(rollouts, scenes)
+    if args.suite == "wosac":
+        from blm_gym.metrics.wosac import wosac_report
+
+        report = wosac_report(rollouts, scenes)
+    else:
+        report = compute_report(rollouts, scenes, suite=args.suite)
     out = write_report(report, args.out)
     print(format_table(report))
     print(f"wrote {out}")
@@ -185,6 +190,9 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("rollout")
     m.add_argument("--out", default="results/metrics")
     m.add_argument("--data-dir", default=None, help="data folder if it moved since the rollout")
+    m.add_argument("--suite", choices=("default", "blm", "wosac"), default="default",
+                   help="default: this package's metrics; blm: the BLM paper's definitions; wosac: the Waymo Sim "
+                        "Agents realism meta-metric (rollouts made with --protocol wosac)")
     m.set_defaults(func=cmd_metrics)
     return p
 

@@ -23,6 +23,20 @@ def test_rollout_then_metrics_on_nuscenes(nuscenes_dir, tmp_path, capsys):
 
 
 @pytest.mark.realdata
+def test_blm_suite_and_first_frame_png(nuscenes_dir, tmp_path):
+    out = tmp_path / "cv.h5"
+    assert main(["rollout", "--env", "BLM-nuScenes-v0", "--data-dir", str(nuscenes_dir), "--policy",
+                 "constant_velocity", "--scenes", "scene-0916", "--horizon", "2", "--samples", "2", "--out", str(out),
+                 "--render-img"]) == 0
+    assert (tmp_path / "cv" / "scene-0916_s0.png").stat().st_size > 1000
+    assert main(["metrics", str(out), "--suite", "blm", "--out", str(tmp_path / "m")]) == 0
+    report = json.loads((tmp_path / "m" / "metrics.json").read_text())
+    assert report["suite"] == "blm" and "RoboSafe-Lab/BLM" in report["definitions"]["blm_collision_rate"]
+    assert report["overall"]["sim"]["blm_collision_rate"]["value"] is not None
+    assert report["overall"]["sim"]["blm_fdd_m"]["value"] == 0.0  # constant velocity: the samples agree
+
+
+@pytest.mark.realdata
 def test_log_replay_reproduces_ground_truth(nuscenes_dir, tmp_path):
     out = tmp_path / "log.h5"
     assert main(["rollout", "--env", "BLM-nuScenes-v0", "--data-dir", str(nuscenes_dir), "--policy", "log",

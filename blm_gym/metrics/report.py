@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import enum
 import io
 import json
 import os
@@ -18,6 +19,7 @@ import numpy as np
 
 from blm_gym.data.scene import DrivableArea
 from blm_gym.atomic_files import atomic_path
+from blm_gym.metrics.blm_suite import blm_suite_metrics
 from blm_gym.metrics.common import Metric, evaluated_agents
 from blm_gym.metrics.realism import (HIST_BINS, KINEMATICS_INTERVAL_S, jsd_metrics, kinematic_histograms,
                                      realism_metrics)
@@ -67,15 +69,30 @@ def _with_jsd(metrics: dict[str, dict[str, Metric]], hists: dict[str, dict], con
     metrics["log"].update({k: Metric(None, m.definition, reason=_LOG_IS_REFERENCE) for k, m in jsd.items()})
 
 
+class Suite(str, enum.Enum):
+    """Which definitions a report uses. ``default``: this package's metrics (the README's table);
+    ``blm``: the BLM paper's (:mod:`blm_gym.metrics.blm_suite`); ``wosac``: the Waymo Sim Agents
+    realism meta-metric (:mod:`blm_gym.metrics.wosac`, :func:`blm_gym.metrics.wosac.wosac_report`)."""
+
+    DEFAULT = "default"
+    BLM = "blm"
+    WOSAC = "wosac"
+
+
 def compute_report(rollouts: Sequence[Rollout], drivable_by_scene: Mapping,
-                   config: MetricsConfig = MetricsConfig()) -> dict:
+                   config: MetricsConfig = MetricsConfig(), suite: Suite | str = Suite.DEFAULT) -> dict:
     """Every metric of every rollout, on the simulation and on the log (as a 1-sample rollout).
 
     Returns a JSON-ready dict: ``overall`` and ``per_scene`` (each with ``sim`` and ``log``
     blocks of ``{name: {"value", "count", "total", "reason"?}}``), ``definitions`` (name ->
-    text), ``config`` and the pooled kinematic ``histograms``. Undefined values are None with a
-    reason.
+    text), ``config`` and, for the default suite, the pooled kinematic ``histograms``. Undefined
+    values are None with a reason. ``suite``: ``default`` or ``blm`` (WOSAC has its own protocol:
+    :func:`blm_gym.metrics.wosac.wosac_report`).
     """
+    suite = Suite(suite)
+    if suite is Suite.WOSAC:
+        raise ValueError("compute_report: the wosac suite needs WOSAC rollouts and scenes; use "
+                         "blm_gym.metrics.wosac.wosac_report (blm-gym metrics --suite wosac)")
     if not rollouts:
         raise ValueError("compute_report: no rollouts given")
     per_scene = []
@@ -85,21 +102,25 @@ def compute_report(rollouts: Sequence[Rollout], drivable_by_scene: Mapping,
         drivable = _drivable(drivable_by_scene, r.scene_id)
         metrics, hists = {}, {}
         for side, rr in (("sim", r), ("log", r.log_as_rollout(drivable))):
-            metrics[side], hists[side] = rollout_metrics(rr, drivable, config)
+            if suite is Suite.BLM:
+                metrics[side], hists[side] = blm_suite_metrics(rr, drivable), {}
+            else:
+                metrics[side], hists[side] = rollout_metrics(rr, drivable, config)
             for name, m in metrics[side].items():
                 pooled[side][name] = pooled[side][name].pooled(m) if name in pooled[side] else m
             for name, h in hists[side].items():
                 pooled_hist[side][name] += h
-        _with_jsd(metrics, hists, config)
+        if suite is Suite.DEFAULT:
+            _with_jsd(metrics, hists, config)
         per_scene.append({
             "scene_id": r.scene_id, "source": r.source, "policy": r.policy, "num_samples": r.num_samples,
             "num_agents": r.num_agents, "num_controlled_vehicles": int(evaluated_agents(r).sum()),
             "num_steps": r.num_steps, "start_step": r.start_step,
             **{side: {k: m.to_dict(with_definition=False) for k, m in metrics[side].items()} for side in metrics},
         })
-    _with_jsd(pooled, pooled_hist, config)
-    return {
+    report = {
         "report_format": REPORT_FORMAT,
+        "suite": suite.value,
         "num_rollouts": len(rollouts),
         "policies": sorted({r.policy for r in rollouts}),
         "evaluated": "controlled vehicles at simulated steps (t >= 1); 'log' = the same metrics on the logged "
@@ -108,9 +129,14 @@ def compute_report(rollouts: Sequence[Rollout], drivable_by_scene: Mapping,
         "definitions": {k: m.definition for k, m in pooled["sim"].items()},
         "overall": {side: {k: m.to_dict() for k, m in pooled[side].items()} for side in pooled},
         "per_scene": per_scene,
-        "histograms": {"edges": {k: e.tolist() for k, e in HIST_BINS.items()},
-                       **{side: {k: h.tolist() for k, h in pooled_hist[side].items()} for side in pooled_hist}},
     }
+    if suite is Suite.DEFAULT:
+        _with_jsd(pooled, pooled_hist, config)
+        report["definitions"] = {k: m.definition for k, m in pooled["sim"].items()}
+        report["overall"] = {side: {k: m.to_dict() for k, m in pooled[side].items()} for side in pooled}
+        report["histograms"] = {"edges": {k: e.tolist() for k, e in HIST_BINS.items()},
+                                **{side: {k: h.tolist() for k, h in pooled_hist[side].items()} for side in pooled_hist}}
+    return report
 
 
 def _fmt(value) -> str:
@@ -162,10 +188,12 @@ def _plot_per_scene(report: dict, path: Path) -> None:
     from matplotlib.figure import Figure
 
     scenes = report["per_scene"]
+    rates = [n for n in ("collision_rate_any", "offroad_rate_any", "blm_collision_rate", "blm_offroad_rate")
+             if n in report["definitions"]]
     labels = [s["scene_id"] if len(report["policies"]) == 1 else f"{s['scene_id']}\n{s['policy']}" for s in scenes]
     pos = np.arange(len(scenes))
     fig = Figure(figsize=(max(6, 0.6 * len(scenes) + 2), 6), layout="constrained")
-    for ax, name in zip(fig.subplots(2, 1, sharex=True), ("collision_rate_any", "offroad_rate_any")):
+    for ax, name in zip(fig.subplots(len(rates), 1, sharex=True, squeeze=False)[:, 0], rates):
         for shift, side in ((-0.2, "sim"), (0.2, "log")):
             values = [np.nan if s[side][name]["value"] is None else s[side][name]["value"] for s in scenes]
             ax.bar(pos + shift, values, width=0.4, label=side)
@@ -181,6 +209,8 @@ def write_report(report: dict, out_dir: str | os.PathLike) -> dict[str, Path]:
     out_dir = Path(out_dir)
     paths = {name: out_dir / name for name in ("metrics.json", "per_scene.csv", "kinematics.png",
                                                "per_scene_rates.png")}
+    if "histograms" not in report:
+        del paths["kinematics.png"]
     writers = {
         "metrics.json": lambda p: p.write_text(json.dumps(report, indent=2, allow_nan=False)),
         "per_scene.csv": lambda p: p.write_text(_per_scene_csv(report), newline=""),
