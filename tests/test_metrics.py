@@ -134,6 +134,13 @@ def test_fdd_and_ade():
     assert m["mean_ade_m"].value == pytest.approx(3.0 / 10)
     single = realism_metrics(make_rollout(base[:1]))
     assert single["fdd_m"].value is None and "2 samples" in single["fdd_m"].reason
+    # an agent never valid at one step in every sample has no common final step: left out of FDD
+    valid = np.ones((3, 2, 11), bool)
+    valid[0, 1, 6:], valid[1, 1, :6] = False, False
+    far = spread.copy()
+    far[:, 1] = np.where(valid[:, 1], far[:, 1], 1e3)  # what an invalid step holds must not matter
+    m = realism_metrics(make_rollout(far, valid=valid, log_x=base[0]))
+    assert m["fdd_m"].value == pytest.approx(4.0) and m["fdd_m"].total == 1
 
 
 def test_report_log_vs_itself_and_files(tmp_path):

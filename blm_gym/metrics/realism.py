@@ -92,14 +92,16 @@ def realism_metrics(r: Rollout) -> dict[str, Metric]:
     dist = np.hypot(x[:, agents] - r.log.x[None, agents, 1:], y[:, agents] - r.log.y[None, agents, 1:])
     ade = np.where(m, dist, 0.0).sum(axis=2) / np.maximum(m.sum(axis=2), 1)  # (K, n)
     fde = np.take_along_axis(dist, _last_valid(m)[..., None], axis=2)[..., 0]
-    # FDD: positions at the last step valid in every sample.
-    last = _last_valid(m.all(axis=0))
+    # FDD: positions at the last step valid in every sample, over the agents that have one.
+    common = m.all(axis=0)  # (n, T - 1)
+    last = _last_valid(common)
     fx, fy = x[:, agents, last], y[:, agents, last]  # (K, n)
     pair = np.hypot(fx[:, None] - fx[None], fy[:, None] - fy[None]).sum(axis=(0, 1)) / max(k * (k - 1), 1)
+    n_fdd = int(common.any(axis=1).sum())
     fdd = "final displacement diversity: mean pairwise distance (m) between the final positions of the K " \
-          "samples of a controlled vehicle, averaged over vehicles"
+          "samples of a controlled vehicle (at its last step valid in every sample), averaged over vehicles"
     return {
-        "fdd_m": (Metric.ratio(pair.sum(), n, fdd) if k > 1 else
+        "fdd_m": (Metric.ratio(pair[common.any(axis=1)].sum(), n_fdd, fdd) if k > 1 else
                   Metric.ratio(0, 0, fdd, reason="FDD needs >= 2 samples per scene")),
         "min_ade_m": Metric.ratio(ade.min(axis=0).sum(), n, "average displacement error (m) to the log over "
                                   "simulated steps, best of the K samples, averaged over controlled vehicles"),
