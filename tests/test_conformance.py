@@ -32,6 +32,10 @@ def env_kwargs(data_root, tmp_path_factory):
         "BLM-ScenarioNet-v0": dict(data_dir=data_root / "womd-sample", scene_ids=WOMD_SCENES),
         "BLM-Synthetic-v0": dict(num_scenes=1, kinds=["highway"], steps=60,
                                  cache_dir=str(tmp_path_factory.mktemp("synthetic"))),
+        "BLM-Waymo-v0": dict(data_dir=data_root / "womd-protos", scene_ids=["motion_data_one_scenario.tfrecord#0"]),
+        "BLM-AV2-v0": dict(data_dir=data_root / "av2-sample", scene_ids=["0a1e6f0a-1817-4a98-b02e-db8c9327d151"]),
+        "BLM-INTERACTION-v0": dict(data_dir=data_root / "interaction", scene_ids=["DR_USA_Roundabout_FT/000/1001"]),
+        "BLM-CommonRoad-v0": dict(data_dir=data_root / "commonroad-ngsim", scene_ids=["USA_US101-4_1_T-1"]),
     }
 
 

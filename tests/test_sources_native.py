@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import shapely
 
-from blm_gym.data import av2, commonroad, interaction, womd_proto
+from blm_gym.data import av2, build, commonroad, interaction, womd_proto
 from blm_gym.data.scene import AgentType, Scene
 from blm_gym.data.source import SceneSource
 from conftest import SHARED_DATA
@@ -215,6 +215,8 @@ def test_road_edge_region_sign_rule():
 def test_womd_proto_source_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         womd_proto.WomdProtoSource(tmp_path / "missing")
+    # ScenarioNet pickles named after their WOMD shard are not TFRecords
+    (tmp_path / "sd_training.tfrecord-00000-of-01000_2a1e.pkl").write_bytes(b"not a record")
     with pytest.raises(FileNotFoundError, match="No TFRecord files"):
         womd_proto.WomdProtoSource(tmp_path)
     (tmp_path / "empty").mkdir()
@@ -457,3 +459,47 @@ def test_commonroad_real():
         scene = src.load(i)
         _check_scene(scene)
         assert 31 <= scene.num_steps <= 101 and _moving_inside(scene) >= 0.99
+
+
+# --- shared builders (blm_gym.data.build) -------------------------------------------------------
+
+def test_build_helpers():
+    group = np.array([2, 0, 2, 1, 0])
+    assert build.first_rows(group, 3).tolist() == [1, 3, 0]
+    grid = build.scatter_grid(np.array([0, 1]), np.array([2, 0]), np.array([5.0, 7.0]), (2, 3))
+    assert grid.tolist() == [[0, 0, 5.0], [7.0, 0, 0]]
+    valid = np.array([[1, 1, 1], [1, 1, 0], [1, 1, 1]], bool)
+    kinds = np.array([AgentType.PEDESTRIAN, AgentType.VEHICLE, AgentType.VEHICLE], np.int8)
+    assert build.longest_valid_vehicle(kinds, valid) == 2  # the pedestrian does not count
+    assert build.longest_valid_vehicle(kinds[:1], valid[:1]) is None
+    line = build.resample_polyline(np.array([[0.0, 0.0], [1.0, 0.0], [4.0, 0.0]]), 5)
+    assert line[:, 0] == pytest.approx([0, 1, 2, 3, 4])
+    left, right = np.array([[0.0, 2.0], [10.0, 2.0]]), np.array([[0.0, -2.0], [10.0, -2.0]])
+    assert build.lanelet_centerline(left, right, 3) == pytest.approx(np.array([[0, 0], [5, 0], [10, 0.0]]))
+    polygon = build.lanelet_polygon(left, right)
+    assert polygon.area == pytest.approx(40.0)
+    ring = shapely.Polygon([(0, 0), (10, 0), (10, 10), (0, 10)], [[(4, 4), (6, 4), (6, 6), (4, 6)]])
+    assert [len(r) for r in build.outline_polylines(ring)] == [5, 5]  # exterior + the hole
+    road = build.road_map([line], build.outline_polylines(polygon), polygon)
+    assert road.lanes.shape == (1, 5, 2) and road.road_edges.shape[0] == 1 and road.drivable.contains(5.0, 0.0)
+    assert build.union_or_empty([]).is_empty
+
+
+def test_indexed_source_errors(tmp_path):
+    found = {"a": 1, "b": 2, "c": 3}
+    assert list(build.select_entries(found, ["c", "a"], tmp_path)) == ["c", "a"]
+    with pytest.raises(KeyError, match=r"Unknown log ids \['z'\] in .*; available: \['a', 'b', 'c'\]"):
+        build.select_entries(found, ["z"], tmp_path, "log ids")
+
+    class Toy(build.IndexedSource):
+        name, noun, root, _entries = "toy", "toys", tmp_path, found
+
+    src = Toy()
+    assert isinstance(src, SceneSource) and len(src) == 3 and src.entry(-1) == ("c", 3)
+    with pytest.raises(NotImplementedError):
+        src.load(0)
+    with pytest.raises(IndexError, match="scene index 3 out of range for 3 toys"):
+        src.entry(3)
+    (tmp_path / "bad.xml").write_text("<a><b></a>")
+    with pytest.raises(commonroad.CorruptCommonRoadError, match="bad.xml: not a readable map"):
+        build.parse_xml(tmp_path / "bad.xml", commonroad.CorruptCommonRoadError, "map")

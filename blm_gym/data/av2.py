@@ -21,6 +21,9 @@ Two layouts are read, each by its own source:
   built from the poses (agent id ``"AV"``; extents 4.877 x 2.0 m, the AV2 vehicle as
   ``annotations_with_ego.feather`` gives it; its ``EGO_VEHICLE`` rows are replaced by the poses).
 
+:func:`detect_layouts` tells which of the two a folder holds (both for a folder with
+``motion-forecasting/`` and ``sensor-logs/``); the registry's ``av2`` kind opens what it finds.
+
 Map (both): ``drivable_areas`` polygons are the drivable area (their union); lane centerlines
 come from ``lane_segments`` (``centerline`` when the archive has it, else the midline of the left
 and right lane boundaries); the outlines of the drivable areas are the road edges.
@@ -33,7 +36,6 @@ pulls in polars, PyAV and nox; reading the files with pyarrow needs none of that
 """
 from __future__ import annotations
 
-import dataclasses
 import functools
 import json
 import os
@@ -45,11 +47,11 @@ import pyarrow as pa
 import pyarrow.feather as feather
 import pyarrow.parquet as pq
 import shapely
-from shapely.geometry.base import BaseGeometry
 
+from blm_gym.data.build import (IndexedSource, first_rows, known_fields, lanelet_centerline, outline_polylines,
+                                road_map, scatter_grid, select_entries, union_or_empty)
 from blm_gym.data.safe_pickle import CorruptSceneFileError
-from blm_gym.data.scenarionet import RASTER_RESOLUTION
-from blm_gym.data.scene import DEFAULT_DT, AgentType, DrivableArea, RoadMap, Scene, Trajectories, pad_polylines
+from blm_gym.data.scene import DEFAULT_DT, AgentType, RoadMap, Scene, Trajectories
 from blm_gym.data.source import resolve_data_dir
 
 EGO_ID = "AV"
@@ -114,11 +116,8 @@ def read_map_archive(path: Path) -> RoadMap:
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise CorruptAv2FileError(f"{path}: malformed AV2 map archive ({type(e).__name__}: {e}); expected "
                                   "'drivable_areas' with 'area_boundary' and 'lane_segments'") from e
-    polys = [shapely.make_valid(shapely.Polygon(a)) for a in areas if len(a) > 2]
-    drivable = shapely.union_all(polys) if polys else shapely.Polygon()
-    edges = [np.asarray(ring.coords)[:, :2] for ring in _rings(drivable)]
-    return RoadMap(*pad_polylines([c for c in lanes if len(c) > 1]), *pad_polylines(edges),
-                   DrivableArea.from_geometry(drivable, RASTER_RESOLUTION))
+    drivable = union_or_empty([shapely.make_valid(shapely.Polygon(a)) for a in areas if len(a) > 2])
+    return road_map([c for c in lanes if len(c) > 1], outline_polylines(drivable), drivable)
 
 
 def _xy(points: list[dict]) -> np.ndarray:
@@ -129,21 +128,7 @@ def _lane_centerline(segment: dict) -> np.ndarray:
     if segment.get("centerline"):
         return _xy(segment["centerline"])
     left, right = _xy(segment["left_lane_boundary"]), _xy(segment["right_lane_boundary"])
-    return (_resample(left, 20) + _resample(right, 20)) / 2
-
-
-def _resample(polyline: np.ndarray, num: int) -> np.ndarray:
-    s = np.r_[0.0, np.cumsum(np.linalg.norm(np.diff(polyline, axis=0), axis=1))]
-    u = np.linspace(0.0, s[-1], num)
-    return np.stack([np.interp(u, s, polyline[:, 0]), np.interp(u, s, polyline[:, 1])], axis=-1)
-
-
-def _rings(geom: BaseGeometry) -> list:
-    out = []
-    for poly in shapely.get_parts(geom):
-        if poly.geom_type == "Polygon":
-            out += [poly.exterior, *poly.interiors]
-    return out
+    return lanelet_centerline(left, right, 20)
 
 
 def _find_map(folder: Path) -> Path:
@@ -152,6 +137,31 @@ def _find_map(folder: Path) -> Path:
         raise FileNotFoundError(f"No log_map_archive_*.json in {folder} (or {folder / 'map'}); every AV2 scenario / "
                                 "log folder ships its map archive: copy it along")
     return found[0]
+
+
+MF_FOLDER, SENSOR_FOLDER = "motion-forecasting", "sensor-logs"  # the sub-folders of a combined AV2 folder
+LAYOUTS = ("motion_forecasting", "sensor")
+MF_PATTERNS = ("scenario_*.parquet", "*/scenario_*.parquet", "*/*/scenario_*.parquet")
+
+
+def detect_layouts(root: Path) -> dict[str, Path]:
+    """The AV2 layouts under ``root``: ``{"motion_forecasting": folder, "sensor": folder}``, each
+    present one (empty when neither is).
+
+    A folder holding ``motion-forecasting/`` and / or ``sensor-logs/`` gives those sub-folders;
+    else ``root`` is a motion-forecasting folder when it holds ``scenario_*.parquet`` up to 3
+    levels down (``train/<id>/``, ``<id>/`` or the scenario folder itself) and a sensor folder when
+    it, or a child folder, holds ``city_SE3_egovehicle.feather``. Only file names are looked at.
+    """
+    root = Path(root)
+    found = {layout: root / sub for layout, sub in zip(LAYOUTS, (MF_FOLDER, SENSOR_FOLDER)) if (root / sub).is_dir()}
+    if found or not root.is_dir():
+        return found
+    if any(next(root.glob(pattern), None) for pattern in MF_PATTERNS):
+        found["motion_forecasting"] = root
+    if (root / "city_SE3_egovehicle.feather").is_file() or next(root.glob("*/city_SE3_egovehicle.feather"), None):
+        found["sensor"] = root
+    return found
 
 
 # --- motion forecasting -------------------------------------------------------------------------
@@ -167,14 +177,10 @@ def scene_from_mf_scenario(parquet: Path, road: RoadMap) -> Scene:
     if EGO_ID not in ids:
         raise CorruptAv2FileError(f"{parquet}: no track '{EGO_ID}' (the ego vehicle) in the scenario")
     n = len(ids)
-    first = np.zeros(n, int)
-    first[agent[::-1]] = np.arange(len(agent))[::-1]
-    kinds = cols["object_type"].astype(str)[first]
+    kinds = cols["object_type"].astype(str)[first_rows(agent, n)]
 
     def grid(values):
-        out = np.zeros((n, num_steps))
-        out[agent, step] = values
-        return out
+        return scatter_grid(agent, step, values, (n, num_steps))
 
     valid = np.zeros((n, num_steps), bool)
     valid[agent, step] = True
@@ -196,16 +202,10 @@ def scene_from_mf_scenario(parquet: Path, road: RoadMap) -> Scene:
     extras = {"current_index": current, "tracks_to_predict": tuple(int(i) for i in np.flatnonzero(scored))}
     return Scene(scene_id=parquet.stem.removeprefix("scenario_"), source="av2-motion-forecasting", dt=DEFAULT_DT,
                  agent_ids=tuple(ids), agent_type=agent_type, ego_index=ego, traj=traj, road=road,
-                 **_known(Scene, extras))
+                 **known_fields(Scene, extras))
 
 
-def _known(cls, fields: dict) -> dict:
-    """The entries of ``fields`` that dataclass ``cls`` defines (an older scene.py lacks the extras)."""
-    names = {f.name for f in dataclasses.fields(cls)}
-    return {k: v for k, v in fields.items() if k in names}
-
-
-class Av2MotionForecastingSource:
+class Av2MotionForecastingSource(IndexedSource[Path]):
     """A :class:`~blm_gym.data.source.SceneSource` over AV2 motion-forecasting scenario folders.
 
     ``data_dir``: a split folder (``train/``, ``val/``: searched recursively for
@@ -213,7 +213,7 @@ class Av2MotionForecastingSource:
     only these scenario ids, in the given order.
     """
 
-    name = "av2-motion-forecasting"
+    name, noun = "av2-motion-forecasting", "scenarios"
 
     def __init__(self, data_dir: str | os.PathLike | None, *, scene_ids: Sequence[str] | None = None):
         root = resolve_data_dir(data_dir, "Argoverse 2 motion-forecasting scenarios")
@@ -222,25 +222,11 @@ class Av2MotionForecastingSource:
             raise FileNotFoundError(
                 f"No AV2 motion-forecasting scenarios (scenario_<id>.parquet) under {root}; point data_dir at a "
                 "folder of the av2 motion-forecasting download (e.g. .../motion-forecasting/train)")
-        if scene_ids is not None:
-            unknown = [s for s in scene_ids if s not in files]
-            if unknown:
-                raise KeyError(f"Unknown scenario ids {unknown} under {root}; available: {list(files)[:20]}")
-            files = {s: files[s] for s in scene_ids}
-        self.root, self._files = root, files
-
-    @property
-    def scene_ids(self) -> tuple[str, ...]:
-        return tuple(self._files)
-
-    def __len__(self) -> int:
-        return len(self._files)
+        self.root, self._entries = root, select_entries(files, scene_ids, root, "scenario ids")
 
     def load(self, index: int) -> Scene:
         """Scenario ``index`` (cached)."""
-        if not -len(self) <= index < len(self):
-            raise IndexError(f"scene index {index} out of range for {len(self)} scenarios under {self.root}")
-        path = self._files[self.scene_ids[index]]
+        path = self.entry(index)[1]
         return _mf_scene(path, _find_map(path.parent))
 
 
@@ -325,10 +311,8 @@ def scene_from_sensor_log(log_dir: Path, road: RoadMap) -> Scene:
     np.maximum.at(length, agent, ann["length_m"])  # AV2 boxes are constant per track; max is robust
     np.maximum.at(width, agent, ann["width_m"])
     length[-1], width[-1] = ego_extent
-    first = np.zeros(len(ids), int)
-    first[agent[::-1]] = np.arange(len(agent))[::-1]
-    agent_type = np.array([SENSOR_TYPES.get(c, AgentType.UNKNOWN) for c in category[first]] + [AgentType.VEHICLE],
-                          np.int8)
+    agent_type = np.array([SENSOR_TYPES.get(c, AgentType.UNKNOWN) for c in category[first_rows(agent, len(ids))]]
+                          + [AgentType.VEHICLE], np.int8)
     t = (frames - frames[0]) * 1e-9
     vx, vy = _velocity(x, valid, t), _velocity(y, valid, t)
     traj = Trajectories.from_states(x=x, y=y, heading=heading, speed=vx * np.cos(heading) + vy * np.sin(heading),
@@ -353,14 +337,14 @@ def _velocity(pos: np.ndarray, valid: np.ndarray, t: np.ndarray) -> np.ndarray:
     return np.where(prev_ok & next_ok, central, np.where(next_ok, fwd, np.where(prev_ok, bwd, 0.0)))
 
 
-class Av2SensorSource:
+class Av2SensorSource(IndexedSource[Path]):
     """A :class:`~blm_gym.data.source.SceneSource` over AV2 sensor-log folders (annotations only).
 
     ``data_dir``: a split folder holding ``<log id>/`` folders, or one log folder (None:
     ``$BLM_GYM_DATA``). ``scene_ids``: keep only these log ids, in the given order.
     """
 
-    name = "av2-sensor"
+    name, noun = "av2-sensor", "logs"
 
     def __init__(self, data_dir: str | os.PathLike | None, *, scene_ids: Sequence[str] | None = None):
         root = resolve_data_dir(data_dir, "Argoverse 2 sensor logs")
@@ -370,26 +354,11 @@ class Av2SensorSource:
             raise FileNotFoundError(
                 f"No AV2 sensor logs under {root}: expected <log id>/city_SE3_egovehicle.feather with "
                 "annotations.feather and map/log_map_archive_*.json (the AV2 sensor download layout)")
-        found = {p.name: p for p in logs}
-        if scene_ids is not None:
-            unknown = [s for s in scene_ids if s not in found]
-            if unknown:
-                raise KeyError(f"Unknown log ids {unknown} under {root}; available: {sorted(found)}")
-            found = {s: found[s] for s in scene_ids}
-        self.root, self._logs = root, found
-
-    @property
-    def scene_ids(self) -> tuple[str, ...]:
-        return tuple(self._logs)
-
-    def __len__(self) -> int:
-        return len(self._logs)
+        self.root, self._entries = root, select_entries({p.name: p for p in logs}, scene_ids, root, "log ids")
 
     def load(self, index: int) -> Scene:
         """Log ``index`` (cached)."""
-        if not -len(self) <= index < len(self):
-            raise IndexError(f"scene index {index} out of range for {len(self)} logs under {self.root}")
-        log = self._logs[self.scene_ids[index]]
+        log = self.entry(index)[1]
         return _sensor_scene(log, _find_map(log))
 
 

@@ -26,16 +26,15 @@ from __future__ import annotations
 
 import functools
 import os
-import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-import shapely
 
+from blm_gym.data.build import (IndexedSource, lanelet_centerline, lanelet_polygon, longest_valid_vehicle,
+                                outline_polylines, parse_xml, road_map, select_entries, union_or_empty)
 from blm_gym.data.safe_pickle import CorruptSceneFileError
-from blm_gym.data.scenarionet import RASTER_RESOLUTION
-from blm_gym.data.scene import AgentType, DrivableArea, RoadMap, Scene, Trajectories, pad_polylines
+from blm_gym.data.scene import AgentType, Scene, Trajectories
 from blm_gym.data.source import resolve_data_dir
 
 AGENT_TYPES = {
@@ -56,12 +55,6 @@ def _points(elem) -> np.ndarray:
     """``<point><x/><y/></point>`` children of ``elem`` -> ``(P, 2)`` float64."""
     return np.array([[float(p.findtext("x")), float(p.findtext("y"))] for p in elem.findall("point")],
                     float).reshape(-1, 2)
-
-
-def _resample(polyline: np.ndarray, num: int) -> np.ndarray:
-    s = np.r_[0.0, np.cumsum(np.linalg.norm(np.diff(polyline, axis=0), axis=1))]
-    u = np.linspace(0.0, s[-1], num)
-    return np.stack([np.interp(u, s, polyline[:, 0]), np.interp(u, s, polyline[:, 1])], axis=-1)
 
 
 def _state(elem) -> tuple[int, float, float, float, float]:
@@ -86,10 +79,7 @@ def _extent(obstacle) -> tuple[float, float]:
 def read_commonroad(path: str | os.PathLike) -> Scene:
     """The :class:`Scene` of one CommonRoad XML file."""
     path = Path(path)
-    try:
-        root = ET.parse(path).getroot()
-    except ET.ParseError as e:
-        raise CorruptCommonRoadError(f"{path}: not a readable CommonRoad XML file ({e})") from e
+    root = parse_xml(path, CorruptCommonRoadError, "CommonRoad XML file")
     if root.tag != "commonRoad":
         raise CorruptCommonRoadError(f"{path}: root element is <{root.tag}>, not <commonRoad>")
     try:
@@ -101,8 +91,8 @@ def read_commonroad(path: str | os.PathLike) -> Scene:
             left, right = _points(ll.find("leftBound")), _points(ll.find("rightBound"))
             if len(left) < 2 or len(right) < 2:
                 continue
-            lanes.append((_resample(left, CENTERLINE_POINTS) + _resample(right, CENTERLINE_POINTS)) / 2)
-            polygons.append(shapely.make_valid(shapely.Polygon(np.concatenate([left, right[::-1]]))))
+            lanes.append(lanelet_centerline(left, right, CENTERLINE_POINTS))
+            polygons.append(lanelet_polygon(left, right))
         tracks = []  # (id, type, (length, width), states, static)
         for ob in root:
             if ob.tag == "obstacle":  # 2018b
@@ -133,26 +123,22 @@ def read_commonroad(path: str | os.PathLike) -> Scene:
         x[i, steps], y[i, steps], heading[i, steps], speed[i, steps] = st[:, 1], st[:, 2], st[:, 3], st[:, 4]
     extents = np.array([t[2] for t in tracks], float)
     agent_type = np.array([AGENT_TYPES.get(t[1], AgentType.UNKNOWN) for t in tracks], np.int8)
-    steps_valid = np.where(agent_type == AgentType.VEHICLE, valid.sum(1), -1)
-    ego = int(np.argmax(steps_valid))
+    ego = longest_valid_vehicle(agent_type, valid) or 0  # no vehicle: envs skip such a scene
     traj = Trajectories.from_states(x, y, heading, speed, extents[:, 0], extents[:, 1], valid)
-    drivable = shapely.union_all(polygons) if polygons else shapely.Polygon()
-    edges = [np.asarray(r.coords) for p in shapely.get_parts(drivable) if p.geom_type == "Polygon"
-             for r in (p.exterior, *p.interiors)]
-    road = RoadMap(*pad_polylines(lanes), *pad_polylines(edges),
-                   DrivableArea.from_geometry(drivable, RASTER_RESOLUTION))
+    drivable = union_or_empty(polygons)
+    road = road_map(lanes, outline_polylines(drivable), drivable)
     return Scene(scene_id=path.stem, source="commonroad", dt=round(dt, 6),
                  agent_ids=tuple(str(t[0]) for t in tracks), agent_type=agent_type, ego_index=ego, traj=traj, road=road)
 
 
-class CommonRoadSource:
+class CommonRoadSource(IndexedSource[Path]):
     """A :class:`~blm_gym.data.source.SceneSource` over CommonRoad XML scenarios.
 
     ``data_dir``: a folder of ``*.xml`` files or one file (None: ``$BLM_GYM_DATA``).
     ``scene_ids``: keep only these file stems (e.g. ``"USA_US101-3_3_T-1"``), in the given order.
     """
 
-    name = "commonroad"
+    name, noun = "commonroad", "scenarios"
 
     def __init__(self, data_dir: str | os.PathLike | None, *, scene_ids: Sequence[str] | None = None):
         root = resolve_data_dir(data_dir, "CommonRoad scenarios")
@@ -160,25 +146,11 @@ class CommonRoadSource:
         if not files:
             raise FileNotFoundError(f"No CommonRoad scenarios (*.xml) in {root}; point data_dir at a folder of "
                                     "CommonRoad XML files (commonroad.in.tum.de scenarios)")
-        if scene_ids is not None:
-            unknown = [s for s in scene_ids if s not in files]
-            if unknown:
-                raise KeyError(f"Unknown scene ids {unknown} in {root}; available: {sorted(files)}")
-            files = {s: files[s] for s in scene_ids}
-        self.root, self._files = root, files
-
-    @property
-    def scene_ids(self) -> tuple[str, ...]:
-        return tuple(self._files)
-
-    def __len__(self) -> int:
-        return len(self._files)
+        self.root, self._entries = root, select_entries(files, scene_ids, root)
 
     def load(self, index: int) -> Scene:
         """Scenario ``index`` (cached)."""
-        if not -len(self) <= index < len(self):
-            raise IndexError(f"scene index {index} out of range for {len(self)} scenarios in {self.root}")
-        return _scene(self._files[self.scene_ids[index]])
+        return _scene(self.entry(index)[1])
 
 
 @functools.lru_cache(maxsize=32)

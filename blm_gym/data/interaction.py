@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import functools
 import os
-import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -42,9 +41,10 @@ import pyarrow.csv as pacsv
 import shapely
 from shapely.geometry.base import BaseGeometry
 
+from blm_gym.data.build import (IndexedSource, first_rows, lanelet_centerline, lanelet_polygon, longest_valid_vehicle,
+                                parse_xml, road_map, scatter_grid, select_entries)
 from blm_gym.data.safe_pickle import CorruptSceneFileError
-from blm_gym.data.scenarionet import RASTER_RESOLUTION
-from blm_gym.data.scene import DEFAULT_DT, AgentType, DrivableArea, RoadMap, Scene, Trajectories, pad_polylines
+from blm_gym.data.scene import DEFAULT_DT, AgentType, RoadMap, Scene, Trajectories
 from blm_gym.data.source import resolve_data_dir
 
 WINDOW_STEPS = 91  # 9.1 s at 0.1 s: 1 s history + 8 s future, as WOMD scenes
@@ -124,10 +124,7 @@ class LaneletMap:
 def read_lanelet_map(path: str | os.PathLike) -> LaneletMap:
     """Parse a Lanelet2 ``.osm`` file (nodes in lat/lon) into a :class:`LaneletMap`."""
     path = Path(path)
-    try:
-        root = ET.parse(path).getroot()
-    except ET.ParseError as e:
-        raise CorruptTrackFileError(f"{path}: not a readable Lanelet2 OSM (XML) file ({e})") from e
+    root = parse_xml(path, CorruptTrackFileError, "Lanelet2 OSM (XML) file")
     try:
         ids, lat, lon = [], [], []
         for n in root.iter("node"):
@@ -155,7 +152,7 @@ def read_lanelet_map(path: str | os.PathLike) -> LaneletMap:
                 right = right[::-1]  # a bound stored against the lanelet's direction
             lanelet_ids.append(int(r.get("id")))
             bounds.append((left, right))
-            centers.append((_resample(left, CENTERLINE_POINTS) + _resample(right, CENTERLINE_POINTS)) / 2)
+            centers.append(lanelet_centerline(left, right, CENTERLINE_POINTS))
     except (KeyError, TypeError, ValueError) as e:
         raise CorruptTrackFileError(f"{path}: malformed Lanelet2 map ({type(e).__name__}: {e}): a way or "
                                     "lanelet refers to a missing node / way, or a coordinate is not a number") from e
@@ -167,16 +164,9 @@ def _tags(elem) -> dict[str, str]:
     return {t.get("k"): t.get("v") for t in elem.iter("tag")}
 
 
-def _resample(polyline: np.ndarray, num: int) -> np.ndarray:
-    """``num`` points evenly spaced by arc length along ``polyline`` ``(P, 2)``."""
-    s = np.r_[0.0, np.cumsum(np.linalg.norm(np.diff(polyline, axis=0), axis=1))]
-    u = np.linspace(0.0, s[-1], num)
-    return np.stack([np.interp(u, s, polyline[:, 0]), np.interp(u, s, polyline[:, 1])], axis=-1)
-
-
 def lanelet_polygons(lmap: LaneletMap) -> np.ndarray:
     """Valid shapely polygons ``(L,)`` of the lanelets: left bound + reversed right bound."""
-    polys = [shapely.make_valid(shapely.Polygon(np.concatenate([left, right[::-1]]))) for left, right in lmap.lanelets]
+    polys = [lanelet_polygon(left, right) for left, right in lmap.lanelets]
     return np.array(polys, dtype=object)
 
 
@@ -217,9 +207,7 @@ def drivable_geometry(lmap: LaneletMap) -> BaseGeometry:
 
 def interaction_road_map(lmap: LaneletMap) -> RoadMap:
     """Centerlines, road edges and the drivable area (:func:`drivable_geometry`) of a map."""
-    drivable = drivable_geometry(lmap)
-    return RoadMap(*pad_polylines(list(lmap.centerlines)), *pad_polylines(list(lmap.road_edges)),
-                   DrivableArea.from_geometry(drivable, RASTER_RESOLUTION))
+    return road_map(lmap.centerlines, lmap.road_edges, drivable_geometry(lmap))
 
 
 # --- tracks -------------------------------------------------------------------------------------
@@ -278,9 +266,8 @@ def read_recording(vehicle_csv: Path, pedestrian_csv: Path | None) -> Recording:
         parts.append(ped)
     cols = {c: np.concatenate([p[c] for p in parts]) for c in VEHICLE_COLUMNS}
     track_ids, track = np.unique(cols["track_id"].astype(str), return_inverse=True)
-    first = np.zeros(len(track_ids), int)
-    first[track[::-1]] = np.arange(len(track))[::-1]
-    kind = np.array([AGENT_TYPES.get(t, AgentType.UNKNOWN) for t in cols["agent_type"][first]], np.int8)
+    kind = np.array([AGENT_TYPES.get(t, AgentType.UNKNOWN)
+                     for t in cols["agent_type"][first_rows(track, len(track_ids))]], np.int8)
     frame = cols["frame_id"].astype(np.int64)
     order = np.lexsort((frame, track))
     return Recording(
@@ -298,9 +285,7 @@ def window_scene(rec: Recording, start: int, road: RoadMap, scene_id: str, steps
     n = len(agents)
 
     def grid(values: np.ndarray) -> np.ndarray:
-        out = np.zeros((n, steps))
-        out[a_idx, t_idx] = values[rows]
-        return out
+        return scatter_grid(a_idx, t_idx, values[rows], (n, steps))
 
     valid = np.zeros((n, steps), bool)
     valid[a_idx, t_idx] = True
@@ -313,17 +298,16 @@ def window_scene(rec: Recording, start: int, road: RoadMap, scene_id: str, steps
     )
     kind = rec.kind[agents]
     ids = tuple(rec.track_ids[a] for a in agents)
-    steps_valid = np.where(kind == AgentType.VEHICLE, valid.sum(1), -1)
-    if steps_valid.max(initial=-1) < 0:
+    ego = longest_valid_vehicle(kind, valid)  # ties: the first; agents are sorted by track id
+    if ego is None:
         raise ValueError(f"window {scene_id} has no vehicle")
-    ego = int(np.flatnonzero(steps_valid == steps_valid.max())[0])  # agents are sorted by track id
     return Scene(scene_id=scene_id, source="interaction", dt=DEFAULT_DT, agent_ids=ids, agent_type=kind,
                  ego_index=ego, traj=traj, road=road)
 
 
 # --- source -------------------------------------------------------------------------------------
 
-class InteractionSource:
+class InteractionSource(IndexedSource[tuple[str, str, int]]):
     """A :class:`~blm_gym.data.source.SceneSource` over an INTERACTION folder, cut into windows.
 
     ``data_dir``: the folder holding ``maps/`` and ``recorded_trackfiles/`` (None:
@@ -335,7 +319,7 @@ class InteractionSource:
     the 18 recordings); maps and recordings are then cached per process.
     """
 
-    name = "interaction"
+    name, noun = "interaction", "windows"
 
     def __init__(self, data_dir: str | os.PathLike | None, *, locations: Sequence[str] | None = None,
                  scene_ids: Sequence[str] | None = None, window_steps: int = WINDOW_STEPS,
@@ -373,22 +357,16 @@ class InteractionSource:
                     first = np.searchsorted(vehicle_frames, start)  # windows without a vehicle are skipped
                     if first < len(vehicle_frames) and vehicle_frames[first] < start + self.window_steps:
                         windows[f"{loc}/{num}/{start}"] = (loc, num, start)
-        if scene_ids is not None:
-            unknown = [s for s in scene_ids if s not in windows]
-            if unknown:
-                raise KeyError(f"Unknown scene ids {unknown} in {root}; ids are '<location>/<NNN>/<start frame>' "
-                               f"with start frames every {self.stride} frames, e.g. {list(windows)[:3]}")
-            windows = {s: windows[s] for s in scene_ids}
+        windows = select_entries(windows, scene_ids, root, hint=(
+            f"ids are '<location>/<NNN>/<start frame>' with start frames every {self.stride} frames, "
+            f"e.g. {list(windows)[:3]}"))
         if not windows:
             raise FileNotFoundError(f"No INTERACTION recordings of >= {self.window_steps} frames under {tracks_dir}")
-        self._windows = windows
+        self._entries = windows
 
-    @property
-    def scene_ids(self) -> tuple[str, ...]:
-        return tuple(self._windows)
-
-    def __len__(self) -> int:
-        return len(self._windows)
+    def recordings(self) -> tuple[tuple[str, str], ...]:
+        """``(location, recording number)`` of every recording read, e.g. ``("DR_USA_Roundabout_FT", "000")``."""
+        return tuple(self._recordings)
 
     def map(self, location: str) -> LaneletMap:
         """The projected Lanelet2 map of ``location``."""
@@ -396,10 +374,7 @@ class InteractionSource:
 
     def load(self, index: int) -> Scene:
         """Window ``index`` as a scene (maps and recordings cached)."""
-        if not -len(self) <= index < len(self):
-            raise IndexError(f"scene index {index} out of range for {len(self)} windows in {self.root}")
-        sid = self.scene_ids[index]
-        loc, num, start = self._windows[sid]
+        sid, (loc, num, start) = self.entry(index)
         rec = _recording(*self._recordings[(loc, num)])
         road = _road_map(self.root / "maps" / f"{loc}.osm")
         return window_scene(rec, start, road, sid, self.window_steps)

@@ -1,7 +1,7 @@
 """Scenes from raw Waymo Open Motion Dataset ``Scenario`` protos in TFRecord files (no TensorFlow).
 
-Layout read: ``data_dir`` is a folder of ``*.tfrecord*`` files (WOMD ships
-``training.tfrecord-00000-of-01000`` ...; each file holds many records) or one such file. Every
+Layout read: ``data_dir`` is a folder of TFRecord files (names ending ``.tfrecord`` or, as WOMD
+ships them, ``.tfrecord-00000-of-01000``; each file holds many records) or one such file. Every
 record is one serialized ``waymo.open_dataset.Scenario`` (``scenario.proto`` / ``map.proto`` of
 waymo-open-dataset; field numbers below are copied from them).
 
@@ -42,6 +42,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
+import re
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,9 +52,10 @@ import numpy as np
 import shapely
 from shapely.geometry.base import BaseGeometry
 
+from blm_gym.data.build import IndexedSource, known_fields, road_map, select_entries
 from blm_gym.data.safe_pickle import CorruptSceneFileError
-from blm_gym.data.scenarionet import RASTER_RESOLUTION, drivable_geometry
-from blm_gym.data.scene import DEFAULT_DT, AgentType, DrivableArea, RoadMap, Scene, Trajectories, pad_polylines
+from blm_gym.data.scenarionet import drivable_geometry
+from blm_gym.data.scene import DEFAULT_DT, AgentType, RoadMap, Scene, Trajectories
 from blm_gym.data.source import resolve_data_dir
 
 try:  # optional recorded extras of Scene / RoadMap (z, traffic lights, ...); filled where scene.py has them
@@ -62,6 +64,8 @@ except ImportError:  # pragma: no cover - older scene.py
     TrafficLights = None
 
 TFRECORD_GLOB = "*.tfrecord*"
+# what a TFRecord file name ends with: "x.tfrecord", WOMD's shards "training.tfrecord-00000-of-01000"
+TFRECORD_NAME = re.compile(r".*\.tfrecord(-\d+-of-\d+)?")
 DEFAULT_LANE_HALF_WIDTH = 2.0  # m, for lanes without boundaries (junction connectors)
 LANE_HALF_WIDTH_RANGE = (1.5, 3.0)  # m; clip measured half widths (a boundary can be a far kerb)
 EDGE_REGION_RESOLUTION = 0.5  # m, grid on which the on-road side of the road edges is traced
@@ -473,12 +477,12 @@ def scene_from_womd(scenario: WomdScenario, scene_id: str | None = None) -> Scen
     dt = round(float(np.median(np.diff(ts))), 3) if ts.size > 1 else DEFAULT_DT
     agent_type = np.array([AGENT_TYPES.get(int(t), AgentType.UNKNOWN) for t in scenario.object_type], np.int8)
     road = womd_road_map(scenario.map_features)
-    road = dataclasses.replace(road, **_known(RoadMap, womd_road_extras(scenario.map_features)))
+    road = dataclasses.replace(road, **known_fields(RoadMap, womd_road_extras(scenario.map_features)))
     return Scene(
         scene_id=scene_id or scenario.scenario_id, source="waymo", dt=dt,
         agent_ids=tuple(str(i) for i in scenario.track_ids), agent_type=agent_type,
         ego_index=int(scenario.sdc_track_index), traj=traj, road=road,
-        **_known(Scene, womd_scene_extras(scenario)),
+        **known_fields(Scene, womd_scene_extras(scenario)),
     )
 
 
@@ -528,12 +532,6 @@ def womd_road_extras(features: Sequence[MapFeature]) -> dict:
     }
 
 
-def _known(cls, fields: dict) -> dict:
-    """The entries of ``fields`` that dataclass ``cls`` defines (older scene.py lacks the extras)."""
-    names = {f.name for f in dataclasses.fields(cls)}
-    return {k: v for k, v in fields.items() if k in names}
-
-
 def valid_median(values: np.ndarray, valid: np.ndarray) -> np.ndarray:
     """Per-agent median of ``values`` ``(N, T)`` over the valid steps ``(N, T)`` (0 when never valid)."""
     masked = np.where(valid, np.asarray(values, float), np.nan)
@@ -576,8 +574,7 @@ def womd_road_map(features: Sequence[MapFeature]) -> RoadMap:
     drivable = drivable_geometry(lane_xy, [lane_half_width(f, by_id) for f in lanes], driveways, [])
     if edges:
         drivable = shapely.union(drivable, road_edge_region(edges, lane_xy + edges))
-    return RoadMap(*pad_polylines(lane_xy), *pad_polylines(edges),
-                   DrivableArea.from_geometry(drivable, RASTER_RESOLUTION))
+    return road_map(lane_xy, edges, drivable)
 
 
 def road_edge_region(edges: list[np.ndarray], extent: list[np.ndarray], resolution: float = EDGE_REGION_RESOLUTION,
@@ -761,7 +758,7 @@ def raster_to_polygon(mask: np.ndarray, origin: tuple[float, float], resolution:
 
 # --- Source ------------------------------------------------------------------------------------
 
-class WomdProtoSource:
+class WomdProtoSource(IndexedSource[tuple[Path, int, int]]):
     """A :class:`~blm_gym.data.source.SceneSource` over WOMD ``Scenario`` TFRecords.
 
     ``data_dir``: a folder of ``*.tfrecord*`` files or one file (None: ``$BLM_GYM_DATA``).
@@ -773,7 +770,8 @@ class WomdProtoSource:
 
     def __init__(self, data_dir: str | os.PathLike | None, *, scene_ids: Sequence[str] | None = None):
         root = resolve_data_dir(data_dir, "WOMD Scenario TFRecords")
-        files = [root] if root.is_file() else sorted(p for p in root.glob(TFRECORD_GLOB) if p.is_file())
+        files = [root] if root.is_file() else sorted(
+            p for p in root.glob(TFRECORD_GLOB) if p.is_file() and TFRECORD_NAME.fullmatch(p.name))
         if not files:
             raise FileNotFoundError(
                 f"No TFRecord files ({TFRECORD_GLOB}) in {root}: point data_dir at the folder of a WOMD download "
@@ -785,35 +783,18 @@ class WomdProtoSource:
                 index[f"{path.name}#{k}"] = (path, offset, length)
         if not index:
             raise FileNotFoundError(f"The TFRecord files in {root} hold no records (empty files); download them again")
-        if scene_ids is not None:
-            unknown = [s for s in scene_ids if s not in index]
-            if unknown:
-                raise KeyError(f"Unknown scene ids {unknown} in {root}; ids look like '<file name>#<record index>', "
-                               f"available: {list(index)[:20]}{' ...' if len(index) > 20 else ''}")
-            index = {s: index[s] for s in scene_ids}
-        self._index = index
-
-    @property
-    def scene_ids(self) -> tuple[str, ...]:
-        return tuple(self._index)
-
-    def __len__(self) -> int:
-        return len(self._index)
-
-    def _entry(self, index: int) -> tuple[str, Path, int, int]:
-        if not -len(self) <= index < len(self):
-            raise IndexError(f"scene index {index} out of range for {len(self)} scenes in {self.root}")
-        sid = self.scene_ids[index]
-        return (sid, *self._index[sid])
+        self._entries = select_entries(index, scene_ids, root, hint=(
+            f"ids look like '<file name>#<record index>', available: {list(index)[:20]}"
+            f"{' ...' if len(index) > 20 else ''}"))
 
     def scenario(self, index: int) -> WomdScenario:
         """The parsed proto of scene ``index`` (z, heights, traffic lights, tracks_to_predict, ...)."""
-        _, path, offset, length = self._entry(index)
+        _, (path, offset, length) = self.entry(index)
         return _parse_cached(path, offset, length)
 
     def load(self, index: int) -> Scene:
         """Scene ``index`` (cached in memory after the first load)."""
-        sid, path, offset, length = self._entry(index)
+        sid, (path, offset, length) = self.entry(index)
         return _scene_cached(sid, path, offset, length)
 
 

@@ -4,20 +4,39 @@
                       trajdata), detected from ``data_dir``.
 ``BLM-ScenarioNet-v0`` any ScenarioNet/MetaDrive folder (Waymo, nuPlan, ... conversions).
 ``BLM-Synthetic-v0``  scenes recorded from highway-env traffic; works out of the box.
+``BLM-Waymo-v0``      raw Waymo Open Motion ``Scenario`` TFRecords (a folder of ``*.tfrecord*``).
+``BLM-AV2-v0``        Argoverse 2: motion-forecasting scenarios and / or sensor-log annotations
+                      (detected; a folder with ``motion-forecasting/`` and ``sensor-logs/`` gives both).
+``BLM-INTERACTION-v0`` the INTERACTION dataset (``maps/`` + ``recorded_trackfiles/``), cut into 9.1 s windows.
+``BLM-CommonRoad-v0`` CommonRoad scenario XML files (e.g. the NGSIM-derived US-101, Lankershim, Peachtree).
 
 Background agents default to the pretrained BLM model on ``BLM-nuScenes-v0`` and to log replay
 elsewhere.
 
-Every id takes ``data_dir=`` (else ``$BLM_GYM_DATA``), ``scene_ids=``, ``background=`` (policy
-name or instance), ``render_mode=``, ``render_config=`` and any :class:`EnvConfig` field as a
-keyword (``horizon_s=5.0``, ``control="all"``, ...). This module imports nothing heavy: the
-env classes load when an env is made.
+Every id takes ``data_dir=`` (else ``$BLM_GYM_DATA``), ``scene_ids=``, ``split=`` (``"train"`` or
+``"heldout"``: one side of the source's named split, :mod:`blm_gym.data.splits`),
+``background=`` (policy name or instance), ``render_mode=``, ``render_config=`` and any
+:class:`EnvConfig` field as a keyword (``horizon_s=5.0``, ``control="all"``, ...); source options
+where the source has them (``layout=`` for AV2; ``locations=``, ``window_steps=``, ``stride=`` for
+INTERACTION; ``cache_dir=`` for raw nuScenes; ``num_scenes=``, ``seed=``, ``kinds=``, ``steps=``
+for synthetic scenes). This module imports nothing heavy: the env classes load when an env is made.
 """
 from __future__ import annotations
 
-ENV_SOURCES = {"BLM-nuScenes-v0": "nuscenes", "BLM-ScenarioNet-v0": "scenarionet", "BLM-Synthetic-v0": "synthetic"}
+# env id -> (source kind of blm_gym.data.registry, default background, maker function of this module)
+_ENVS = {
+    "BLM-nuScenes-v0": ("nuscenes", "blm", "make_nuscenes_env"),
+    "BLM-ScenarioNet-v0": ("scenarionet", "log", "make_scenarionet_env"),
+    "BLM-Synthetic-v0": ("synthetic", "log", "make_synthetic_env"),
+    "BLM-Waymo-v0": ("womd", "log", "make_waymo_env"),
+    "BLM-AV2-v0": ("av2", "log", "make_av2_env"),
+    "BLM-INTERACTION-v0": ("interaction", "log", "make_interaction_env"),
+    "BLM-CommonRoad-v0": ("commonroad", "log", "make_commonroad_env"),
+}
+ENV_SOURCES = {env_id: kind for env_id, (kind, _, _) in _ENVS.items()}
 ENV_IDS = tuple(ENV_SOURCES)
-_SOURCE_OPTIONS = ("cache_dir", "num_scenes", "seed", "kinds", "steps")
+_SOURCE_OPTIONS = ("split", "cache_dir", "num_scenes", "seed", "kinds", "steps", "layout", "locations",
+                   "window_steps", "stride")
 
 
 def scene_source(env_id: str, data_dir=None, scene_ids=None, **options):
@@ -26,11 +45,15 @@ def scene_source(env_id: str, data_dir=None, scene_ids=None, **options):
     from blm_gym.data.registry import open_source
 
     if env_id not in ENV_SOURCES:
-        raise ValueError(f"unknown env id {env_id!r}; choose one of {ENV_IDS}")
+        import difflib
+
+        close = difflib.get_close_matches(env_id, ENV_IDS, n=1, cutoff=0.5)
+        raise ValueError(f"unknown env id {env_id!r}{f' (did you mean {close[0]!r}?)' if close else ''}; "
+                         f"choose one of {ENV_IDS}")
     return open_source(ENV_SOURCES[env_id], data_dir, scene_ids, **options)
 
 
-def _make(env_id: str, default_background: str, data_dir, scene_ids, config, kwargs):
+def _make(env_id: str, data_dir, scene_ids, config, kwargs):
     import dataclasses
 
     from blm_gym.envs.scene_env import EnvConfig, SceneEnv
@@ -39,30 +62,52 @@ def _make(env_id: str, default_background: str, data_dir, scene_ids, config, kwa
     fields = {f.name for f in dataclasses.fields(EnvConfig)}
     overrides = {k: kwargs.pop(k) for k in list(kwargs) if k in fields}
     config = dataclasses.replace(config or EnvConfig(), **overrides)
-    kwargs.setdefault("background", default_background)
+    kwargs.setdefault("background", _ENVS[env_id][1])
     return SceneEnv(scene_source(env_id, data_dir, scene_ids, **options), config=config, **kwargs)
 
 
 def make_nuscenes_env(data_dir=None, *, scene_ids=None, config=None, **kwargs):
     """``BLM-nuScenes-v0``; ``cache_dir``: trajdata's cache for a raw nuScenes root
     (default ``~/.cache/blm_gym/trajdata``)."""
-    return _make("BLM-nuScenes-v0", "blm", data_dir, scene_ids, config, kwargs)
+    return _make("BLM-nuScenes-v0", data_dir, scene_ids, config, kwargs)
 
 
 def make_scenarionet_env(data_dir=None, *, scene_ids=None, config=None, **kwargs):
     """``BLM-ScenarioNet-v0``."""
-    return _make("BLM-ScenarioNet-v0", "log", data_dir, scene_ids, config, kwargs)
+    return _make("BLM-ScenarioNet-v0", data_dir, scene_ids, config, kwargs)
 
 
 def make_synthetic_env(*, scene_ids=None, config=None, **kwargs):
     """``BLM-Synthetic-v0``; ``num_scenes``, ``seed``, ``kinds``, ``steps`` choose the generated scenes."""
-    return _make("BLM-Synthetic-v0", "log", None, scene_ids, config, kwargs)
+    return _make("BLM-Synthetic-v0", None, scene_ids, config, kwargs)
+
+
+def make_waymo_env(data_dir=None, *, scene_ids=None, config=None, **kwargs):
+    """``BLM-Waymo-v0``: raw WOMD ``Scenario`` TFRecords; scene ids ``"<file name>#<record index>"``."""
+    return _make("BLM-Waymo-v0", data_dir, scene_ids, config, kwargs)
+
+
+def make_av2_env(data_dir=None, *, scene_ids=None, config=None, **kwargs):
+    """``BLM-AV2-v0``: Argoverse 2 scenario / log ids; ``layout="motion_forecasting"|"sensor"``
+    reads one layout only (default: every layout found)."""
+    return _make("BLM-AV2-v0", data_dir, scene_ids, config, kwargs)
+
+
+def make_interaction_env(data_dir=None, *, scene_ids=None, config=None, **kwargs):
+    """``BLM-INTERACTION-v0``: windows ``"<location>/<NNN>/<start frame>"``; ``locations``,
+    ``window_steps``, ``stride`` choose them."""
+    return _make("BLM-INTERACTION-v0", data_dir, scene_ids, config, kwargs)
+
+
+def make_commonroad_env(data_dir=None, *, scene_ids=None, config=None, **kwargs):
+    """``BLM-CommonRoad-v0``: CommonRoad XML scenarios; scene id = file stem."""
+    return _make("BLM-CommonRoad-v0", data_dir, scene_ids, config, kwargs)
 
 
 def register_envs() -> None:
     from gymnasium.envs.registration import register, registry
 
-    for env_id, maker in zip(ENV_IDS, ("make_nuscenes_env", "make_scenarionet_env", "make_synthetic_env")):
+    for env_id, (_, _, maker) in _ENVS.items():
         if env_id not in registry:
             register(id=env_id, entry_point=f"blm_gym.envs:{maker}")
 
@@ -91,5 +136,6 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'blm_gym.envs' has no attribute {name!r}")
 
 
-__all__ = ["ENV_IDS", "EnvConfig", "SceneEnv", "scene_source", "parallel_env", "make_nuscenes_env",
-           "make_scenarionet_env", "make_synthetic_env"]
+__all__ = ["ENV_IDS", "ENV_SOURCES", "EnvConfig", "SceneEnv", "scene_source", "parallel_env", "make_nuscenes_env",
+           "make_scenarionet_env", "make_synthetic_env", "make_waymo_env", "make_av2_env", "make_interaction_env",
+           "make_commonroad_env"]
