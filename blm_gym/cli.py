@@ -72,7 +72,7 @@ def cmd_metrics(args) -> int:
     source = scene_source(cfg.get("env", "BLM-Synthetic-v0"), args.data_dir or cfg.get("data_dir"), ids)
     scenes = {sid: load_scene(source, sid) for sid in ids}
     if args.suite == "wosac":
-        from blm_gym.metrics.wosac import wosac_report
+        from blm_gym.metrics.report import wosac_report
 
         report = wosac_report(rollouts, scenes)
     else:

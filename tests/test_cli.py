@@ -70,3 +70,23 @@ def test_demo_end_to_end_tiny(tmp_path):
     assert {"pretrained", "finetuned", "log"} <= set(summary)
     for name in ("rollout.h5", "rollout.mp4", "contact_sheet.png", "finetuned.pt"):
         assert (out / name).stat().st_size > 0
+
+
+@pytest.mark.realdata
+def test_wosac_protocol_end_to_end(womd_dir, tmp_path, capsys):
+    out = tmp_path / "cv.h5"
+    args = ["--env", "BLM-ScenarioNet-v0", "--data-dir", str(womd_dir), "--scenes", "2a1e44d405a6833f",
+            "--policy", "constant_velocity"]
+    assert main(["rollout", *args, "--protocol", "wosac", "--out", str(out)]) == 0
+    with h5py.File(out) as f:  # 32 samples of the current state + 80 steps, every agent of the start throughout
+        valid = f["rollouts/000000/sim/valid"][()]
+        assert valid.shape[0] == 32 and valid.shape[2] == 81 and (valid == valid[:, :, :1]).all()
+    assert main(["metrics", str(out), "--suite", "wosac", "--out", str(tmp_path / "m")]) == 0
+    report = json.loads((tmp_path / "m" / "metrics.json").read_text())
+    sim, log = (report["overall"][side]["metametric"]["value"] for side in ("sim", "log"))
+    assert 0 < sim < log <= 1 and log > 0.7  # the log scored as its own rollouts is realistic, constant velocity less
+    assert "linear_speed_likelihood" in report["definitions"]
+    closed_loop = tmp_path / "closed.h5"
+    assert main(["rollout", *args, "--horizon", "2", "--out", str(closed_loop)]) == 0
+    assert main(["metrics", str(closed_loop), "--suite", "wosac", "--out", str(tmp_path / "m2")]) == 2
+    assert "--protocol wosac" in capsys.readouterr().err

@@ -231,14 +231,16 @@ def traffic_lights_from_states(dynamic_map_states: dict, num_steps: int) -> Traf
     """:class:`TrafficLights` from ScenarioNet ``dynamic_map_states`` (None when there are none).
 
     ScenarioNet keeps one entry per signalled lane: ``lane`` (id), ``stop_point`` (x, y, z) and
-    ``state["object_state"]``, a per-step list of WOMD state names (None where the signal is
-    absent at that step, read as 0 = unknown, as WOMD's missing lane state is).
+    ``state["object_state"]``, a per-step list of WOMD state names, None where the signal is
+    absent at that step (state 0 = unknown there, ``present`` False).
     """
-    lane_ids, states, stops = [], [], []
+    lane_ids, states, stops, present = [], [], [], []
     for key, entry in dynamic_map_states.items():
         per_step = (entry.get("state") or {}).get("object_state", ())
         codes = np.zeros(num_steps, np.int8)
+        listed = np.zeros(num_steps, bool)
         for t, name in enumerate(list(per_step)[:num_steps]):
+            listed[t] = name is not None
             codes[t] = LANE_STATES.get(str(name), 0) if name is not None else 0
         stop = np.zeros(3)
         sp = np.asarray(entry.get("stop_point", ()), np.float64).reshape(-1)[:3]
@@ -246,9 +248,11 @@ def traffic_lights_from_states(dynamic_map_states: dict, num_steps: int) -> Traf
         lane_ids.append(str(entry.get("lane", key)))
         states.append(codes)
         stops.append(stop)
+        present.append(listed)
     if not lane_ids:
         return None
-    return TrafficLights(lane_ids=tuple(lane_ids), states=np.stack(states), stop_points=np.stack(stops))
+    return TrafficLights(lane_ids=tuple(lane_ids), states=np.stack(states), stop_points=np.stack(stops),
+                         present=np.stack(present))
 
 
 def _extents(values: np.ndarray, valid: np.ndarray) -> np.ndarray:
@@ -286,8 +290,8 @@ def road_map(map_features: dict, *, drivable: bool = True) -> RoadMap:
         area = drivable_geometry(lane_xy, [_half_width(f) for f in lanes], polygons, edge_xy)
     else:
         area = shapely.Polygon()
-    return RoadMap(*pad_polylines(lane_xy), *pad_polylines(edge_xy), DrivableArea.from_geometry(area, RASTER_RESOLUTION),
-                   **road_map_3d(map_features))
+    return RoadMap(*pad_polylines(lane_xy), *pad_polylines(edge_xy),
+                   DrivableArea.from_geometry(area, RASTER_RESOLUTION), **road_map_3d(map_features))
 
 
 def road_map_3d(map_features: dict) -> dict:

@@ -184,16 +184,20 @@ class TrafficLights:
     :attr:`RoadMap.lane_ids`). ``states`` ``(S, T)`` int8: the WOMD
     ``TrafficSignalLaneState.State`` per step (:data:`LANE_STATES` names them; 0 = unknown, also
     where the signal is absent at that step). ``stop_points`` ``(S, 3)`` float: the stop point
-    (x, y, z) of each signal.
+    (x, y, z) of each signal. ``present`` ``(S, T)`` bool or None: whether the step's
+    ``dynamic_map_states`` lists the signal at all (an unknown state can be listed); None when
+    the source does not say (read as present at every step).
     """
 
     lane_ids: tuple[str, ...]
     states: np.ndarray
     stop_points: np.ndarray
+    present: np.ndarray | None = None
 
     def select_steps(self, steps) -> "TrafficLights":
         """The states of ``steps`` (a slice or index array) only."""
-        return dataclasses.replace(self, states=self.states[:, steps])
+        present = None if self.present is None else self.present[:, steps]
+        return dataclasses.replace(self, states=self.states[:, steps], present=present)
 
 
 # WOMD map.proto TrafficSignalLaneState.State values, by name.

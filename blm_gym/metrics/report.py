@@ -72,7 +72,7 @@ def _with_jsd(metrics: dict[str, dict[str, Metric]], hists: dict[str, dict], con
 class Suite(str, enum.Enum):
     """Which definitions a report uses. ``default``: this package's metrics (the README's table);
     ``blm``: the BLM paper's (:mod:`blm_gym.metrics.blm_suite`); ``wosac``: the Waymo Sim Agents
-    realism meta-metric (:mod:`blm_gym.metrics.wosac`, :func:`blm_gym.metrics.wosac.wosac_report`)."""
+    realism meta-metric (:mod:`blm_gym.metrics.wosac`, :func:`wosac_report`)."""
 
     DEFAULT = "default"
     BLM = "blm"
@@ -87,12 +87,12 @@ def compute_report(rollouts: Sequence[Rollout], drivable_by_scene: Mapping,
     blocks of ``{name: {"value", "count", "total", "reason"?}}``), ``definitions`` (name ->
     text), ``config`` and, for the default suite, the pooled kinematic ``histograms``. Undefined
     values are None with a reason. ``suite``: ``default`` or ``blm`` (WOSAC has its own protocol:
-    :func:`blm_gym.metrics.wosac.wosac_report`).
+    :func:`wosac_report`).
     """
     suite = Suite(suite)
     if suite is Suite.WOSAC:
         raise ValueError("compute_report: the wosac suite needs WOSAC rollouts and scenes; use "
-                         "blm_gym.metrics.wosac.wosac_report (blm-gym metrics --suite wosac)")
+                         "wosac_report (blm-gym metrics --suite wosac)")
     if not rollouts:
         raise ValueError("compute_report: no rollouts given")
     per_scene = []
@@ -137,6 +137,78 @@ def compute_report(rollouts: Sequence[Rollout], drivable_by_scene: Mapping,
         report["histograms"] = {"edges": {k: e.tolist() for k, e in HIST_BINS.items()},
                                 **{side: {k: h.tolist() for k, h in pooled_hist[side].items()} for side in pooled_hist}}
     return report
+
+
+def wosac_report(rollouts: Sequence[Rollout], scenes: Mapping, config: str = "2025") -> dict:
+    """The WOSAC realism report of rollouts made under the WOSAC protocol (``blm-gym rollout
+    --protocol wosac``: 32 samples of 80 steps from the current step, every agent valid there
+    simulated throughout), next to the logged futures scored as their own 32 rollouts.
+
+    ``scenes``: scene id -> :class:`~blm_gym.data.scene.Scene` (with the z, road edges and ids
+    the features need). Simulated z is each agent's logged z at the current step (the simulator
+    is planar). Returns the report dict of :func:`compute_report`'s shape: ``overall`` (mean over
+    scenes) and ``per_scene``, ``sim`` and ``log`` blocks of the per-feature likelihoods, the
+    meta-metric, the bucket scores and the side figures.
+    """
+    from blm_gym.metrics import wosac
+
+    cfg = wosac.wosac_config(config)
+    per_scene, sim_scores, log_scores = [], [], []
+    for r in rollouts:
+        if r.scene_id not in scenes:
+            raise KeyError(f"wosac_report: no scene for rollout {r.scene_id!r}; pass scenes={{id: scene}}")
+        if r.start_step != wosac.CURRENT_INDEX:
+            raise ValueError(f"wosac_report: rollout {r.scene_id!r} starts at step {r.start_step}; WOSAC simulates from "
+                             f"the current step {wosac.CURRENT_INDEX}: run blm-gym rollout --protocol wosac")
+        scenario = wosac.WosacScenario.from_scene(scenes[r.scene_id], current_index=r.start_step)
+        agents = scenario.sim_agent_mask
+        expected = (cfg.num_rollouts, int(agents.sum()), wosac.NUM_SIM_STEPS + 1)
+        if (r.num_samples, int(r.valid[0, :, 0].sum()), r.num_steps) != expected or not (r.valid[:, agents].all()):
+            raise ValueError(
+                f"wosac_report: rollout {r.scene_id!r} has {r.num_samples} samples x {r.num_steps} steps with "
+                f"{int(r.valid[0, :, 0].sum())} agents at its start; WOSAC wants {expected[0]} samples of the "
+                f"current state + {wosac.NUM_SIM_STEPS} steps for the {expected[1]} agents valid at step "
+                f"{r.start_step}, valid throughout: run blm-gym rollout --protocol wosac")
+        z = np.broadcast_to(scenario.z[agents, r.start_step][None, :, None], (r.num_samples, expected[1], expected[2] - 1))
+        sim = wosac.score_scenario(scenario, r.x[:, agents, 1:], r.y[:, agents, 1:], z, r.heading[:, agents, 1:], cfg)
+        log = wosac.score_scenario(scenario, *wosac.log_as_rollouts(scenario, cfg.num_rollouts), cfg)
+        sim_scores.append(sim)
+        log_scores.append(log)
+        per_scene.append({"scene_id": r.scene_id, "source": r.source, "policy": r.policy,
+                          "num_samples": r.num_samples, "num_agents": r.num_agents,
+                          "num_controlled_vehicles": int(evaluated_agents(r).sum()), "num_steps": r.num_steps,
+                          "sim": _values(sim.to_dict()), "log": _values(log.to_dict())})
+    overall = {side: {k: v for k, v in _values(wosac.aggregate(scores)).items() if k != "num_scenarios"}
+               for side, scores in (("sim", sim_scores), ("log", log_scores))}
+    return {
+        "report_format": REPORT_FORMAT, "suite": Suite.WOSAC.value, "num_rollouts": len(rollouts),
+        "policies": sorted({r.policy for r in rollouts}),
+        "evaluated": "WOSAC: the SDC and the tracks to predict; features over the 80 simulated steps; 'log' = the "
+                     "logged futures scored as their own 32 rollouts",
+        "config": {"wosac_config": cfg.name},
+        "definitions": {k: _wosac_definition(k, cfg.name) for k in overall["sim"]},
+        "overall": overall, "per_scene": per_scene,
+    }
+
+
+def _wosac_definition(name: str, config: str) -> str:
+    """What a WOSAC report entry means (waymo-open-dataset 1.6.7 sim_agents_metrics, config ``config``)."""
+    where = f"WOSAC {config} config (waymo-open-dataset 1.6.7 definitions), mean over scenarios"
+    if name.endswith("_likelihood"):
+        feature = name[: -len("_likelihood")].replace("_", " ")
+        return (f"likelihood of the logged {feature} of each evaluated object under a histogram of the simulated "
+                f"values over the 32 rollouts (and steps), exp(mean log-likelihood); {where}")
+    text = {"metametric": "realism meta-metric: the config-weighted sum of the ten likelihoods",
+            "kinematic": "weighted mean of the speed, acceleration and angular likelihoods",
+            "interactive": "weighted mean of the collision, nearest-object and time-to-collision likelihoods",
+            "map_based": "weighted mean of the road-edge, off-road and traffic-light likelihoods"}
+    return f"{text.get(name, name.replace('_', ' '))}; {where}"
+
+
+def _values(scores: dict) -> dict:
+    """Report blocks ``{name: {"value": v}}`` of the numeric entries of a WOSAC score dict."""
+    return {k: {"value": float(v)} for k, v in scores.items()
+            if isinstance(v, (int, float, np.floating, np.integer)) and not isinstance(v, bool)}
 
 
 def _fmt(value) -> str:
@@ -188,7 +260,8 @@ def _plot_per_scene(report: dict, path: Path) -> None:
     from matplotlib.figure import Figure
 
     scenes = report["per_scene"]
-    rates = [n for n in ("collision_rate_any", "offroad_rate_any", "blm_collision_rate", "blm_offroad_rate")
+    rates = [n for n in ("collision_rate_any", "offroad_rate_any", "blm_collision_rate", "blm_offroad_rate",
+                         "simulated_collision_rate", "simulated_offroad_rate")
              if n in report["definitions"]]
     labels = [s["scene_id"] if len(report["policies"]) == 1 else f"{s['scene_id']}\n{s['policy']}" for s in scenes]
     pos = np.arange(len(scenes))
