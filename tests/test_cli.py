@@ -90,3 +90,14 @@ def test_wosac_protocol_end_to_end(womd_dir, tmp_path, capsys):
     assert main(["rollout", *args, "--horizon", "2", "--out", str(closed_loop)]) == 0
     assert main(["metrics", str(closed_loop), "--suite", "wosac", "--out", str(tmp_path / "m2")]) == 2
     assert "--protocol wosac" in capsys.readouterr().err
+
+
+@pytest.mark.realdata
+def test_wosac_on_nuscenes_marks_map_scores_not_comparable(nuscenes_dir, tmp_path):
+    out = tmp_path / "log.h5"
+    assert main(["rollout", "--env", "BLM-nuScenes-v0", "--data-dir", str(nuscenes_dir), "--scenes", "scene-0916",
+                 "--policy", "constant_velocity", "--protocol", "wosac", "--out", str(out)]) == 0
+    assert main(["metrics", str(out), "--suite", "wosac", "--out", str(tmp_path / "m")]) == 0
+    report = json.loads((tmp_path / "m" / "metrics.json").read_text())
+    assert "metametric" in report["not_comparable"]["metrics"] and report["not_comparable"]["scenes"] == ["scene-0916"]
+    assert 0 < report["overall"]["sim"]["linear_speed_likelihood"]["value"] <= 1

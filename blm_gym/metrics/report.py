@@ -144,23 +144,28 @@ def wosac_report(rollouts: Sequence[Rollout], scenes: Mapping, config: str = "20
     --protocol wosac``: 32 samples of 80 steps from the current step, every agent valid there
     simulated throughout), next to the logged futures scored as their own 32 rollouts.
 
-    ``scenes``: scene id -> :class:`~blm_gym.data.scene.Scene` (with the z, road edges and ids
-    the features need). Simulated z is each agent's logged z at the current step (the simulator
-    is planar). Returns the report dict of :func:`compute_report`'s shape: ``overall`` (mean over
-    scenes) and ``per_scene``, ``sim`` and ``log`` blocks of the per-feature likelihoods, the
-    meta-metric, the bucket scores and the side figures.
+    ``scenes``: scene id -> :class:`~blm_gym.data.scene.Scene`. Simulated z is each agent's
+    logged z at the current step (the simulator is planar). Scenes without road edges or
+    altitude (nuScenes) are scored on edges derived from the drivable area
+    (:meth:`~blm_gym.metrics.wosac.WosacScenario.from_scene` with ``derive_map``): the report
+    then lists the map-based scores, and the meta-metric that sums them, under
+    ``not_comparable``. Returns the report dict of :func:`compute_report`'s shape: ``overall``
+    (mean over scenes) and ``per_scene``, ``sim`` and ``log`` blocks of the per-feature
+    likelihoods, the meta-metric, the bucket scores and the side figures.
     """
     from blm_gym.metrics import wosac
 
     cfg = wosac.wosac_config(config)
-    per_scene, sim_scores, log_scores = [], [], []
+    per_scene, sim_scores, log_scores, derived = [], [], [], []
     for r in rollouts:
         if r.scene_id not in scenes:
             raise KeyError(f"wosac_report: no scene for rollout {r.scene_id!r}; pass scenes={{id: scene}}")
         if r.start_step != wosac.CURRENT_INDEX:
             raise ValueError(f"wosac_report: rollout {r.scene_id!r} starts at step {r.start_step}; WOSAC simulates from "
                              f"the current step {wosac.CURRENT_INDEX}: run blm-gym rollout --protocol wosac")
-        scenario = wosac.WosacScenario.from_scene(scenes[r.scene_id], current_index=r.start_step)
+        scenario = wosac.WosacScenario.from_scene(scenes[r.scene_id], current_index=r.start_step, derive_map=True)
+        if scenario.derived_map:
+            derived.append(r.scene_id)
         agents = scenario.sim_agent_mask
         expected = (cfg.num_rollouts, int(agents.sum()), wosac.NUM_SIM_STEPS + 1)
         if (r.num_samples, int(r.valid[0, :, 0].sum()), r.num_steps) != expected or not (r.valid[:, agents].all()):
@@ -180,6 +185,12 @@ def wosac_report(rollouts: Sequence[Rollout], scenes: Mapping, config: str = "20
                           "sim": _values(sim.to_dict()), "log": _values(log.to_dict())})
     overall = {side: {k: v for k, v in _values(wosac.aggregate(scores)).items() if k != "num_scenarios"}
                for side, scores in (("sim", sim_scores), ("log", log_scores))}
+    not_comparable = {}
+    if derived:
+        names = ("distance_to_road_edge_likelihood", "offroad_indication_likelihood",
+                 "traffic_light_violation_likelihood", "map_based", "metametric")
+        not_comparable = {"metrics": list(names), "scenes": derived,
+                          "reason": "no road edges in the data: derived from the drivable area's boundary"}
     return {
         "report_format": REPORT_FORMAT, "suite": Suite.WOSAC.value, "num_rollouts": len(rollouts),
         "policies": sorted({r.policy for r in rollouts}),
@@ -187,7 +198,7 @@ def wosac_report(rollouts: Sequence[Rollout], scenes: Mapping, config: str = "20
                      "logged futures scored as their own 32 rollouts",
         "config": {"wosac_config": cfg.name},
         "definitions": {k: _wosac_definition(k, cfg.name) for k in overall["sim"]},
-        "overall": overall, "per_scene": per_scene,
+        "overall": overall, "per_scene": per_scene, **({"not_comparable": not_comparable} if derived else {}),
     }
 
 
@@ -222,6 +233,9 @@ def format_table(report: dict) -> str:
     lines = [f"{report['num_rollouts']} rollouts, policies: {', '.join(report['policies'])}",
              f"{'metric':<{width}}  {'sim':>10}  {'log':>10}"]
     lines += [f"{k:<{width}}  {_fmt(sim[k]['value']):>10}  {_fmt(log[k]['value']):>10}" for k in sim]
+    if "not_comparable" in report:
+        nc = report["not_comparable"]
+        lines.append(f"not comparable with published WOSAC figures ({nc['reason']}): {', '.join(nc['metrics'])}")
     return "\n".join(lines)
 
 

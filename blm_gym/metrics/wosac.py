@@ -201,6 +201,27 @@ def wosac_config(name: str) -> WosacConfig:
 
 
 # ============================================================================ scenario
+DEFAULT_HEIGHT = 1.5  # m; box height where a source records none (heights enter no 2-D feature)
+
+
+def drivable_boundary(polygon) -> tuple[np.ndarray, ...]:
+    """Road edges ``(P, 3)`` (z = 0) along the boundary of a drivable area, each ring oriented with
+    the road on its left (exteriors counter-clockwise, holes clockwise), as WOMD road edges are."""
+    import shapely
+    from shapely.geometry.polygon import orient
+
+    rings = []
+    for part in shapely.get_parts(polygon):
+        if part.geom_type != "Polygon" or part.is_empty:
+            continue
+        part = orient(part, sign=1.0)
+        for ring in (part.exterior, *part.interiors):
+            xy = np.asarray(ring.coords, np.float64)
+            rings.append(np.concatenate([xy, np.zeros((len(xy), 1))], axis=1))
+    return tuple(rings)
+
+
+
 @dataclass(frozen=True, eq=False)
 class WosacScenario:
     """Everything the WOSAC features need about one logged scene.
@@ -237,6 +258,7 @@ class WosacScenario:
     traffic_lights: TrafficLights | None = None
     current_index: int = CURRENT_INDEX
     dt: float = STEP_SECONDS
+    derived_map: bool = False  # road edges derived from the drivable area: map-based scores not comparable
     _cache: dict = field(default_factory=dict, init=False, repr=False)
 
     def __post_init__(self):
@@ -325,7 +347,8 @@ class WosacScenario:
 
     # -- builders ----------------------------------------------------------------------------
     @classmethod
-    def from_scene(cls, scene: Scene, current_index: int | None = None) -> "WosacScenario":
+    def from_scene(cls, scene: Scene, current_index: int | None = None, derive_map: bool = False
+                   ) -> "WosacScenario":
         """The WOSAC view of a blm_gym :class:`Scene` (steps ``current - 10 .. current + 80``).
 
         ``current_index``: the scene step to use as WOSAC's current step (default:
@@ -334,6 +357,11 @@ class WosacScenario:
         ``Scene.extents`` (or ``Scene.height``) and ``RoadMap.road_edges_3d``; traffic lights
         and lanes (``Scene.traffic_lights``, ``RoadMap.lanes_3d``) when present. Evaluated =
         SDC (``ego_index``) + ``Scene.tracks_to_predict``.
+
+        ``derive_map=True`` scores scenes without those map and altitude fields (nuScenes): road
+        edges become the drivable area's boundary (oriented with the road on the left, z = 0),
+        missing z is 0 and missing heights :data:`DEFAULT_HEIGHT`; the scenario is then marked
+        ``derived_map`` and its map-based scores are not comparable with WOSAC's.
         """
         sid = scene.scene_id
         cur = scene.current_index if current_index is None else int(current_index)
@@ -353,24 +381,30 @@ class WosacScenario:
         if abs(scene.dt - STEP_SECONDS) > 1e-6:
             raise ValueError(f"scene {sid}: WOSAC is defined at {STEP_SECONDS} s steps, the scene has dt={scene.dt}")
         missing = []
-        if scene.z is None:
+        z, height, edges = scene.z, scene.height, scene.road.road_edges_3d
+        derived = derive_map and (z is None or (scene.extents is None and height is None) or not edges)
+        if derived:
+            z = np.zeros(scene.traj.x.shape, F32) if z is None else z
+            height = np.full(scene.num_agents, DEFAULT_HEIGHT, F32) if height is None else height
+            edges = edges or drivable_boundary(scene.road.drivable.polygon)
+        if z is None:
             missing.append("per-step altitude Scene.z (ScenarioNet: tracks[id]['state']['position'][:, 2])")
-        if scene.extents is None and scene.height is None:
+        if scene.extents is None and height is None:
             missing.append("box heights Scene.extents / Scene.height (ScenarioNet: state['height'])")
-        edges = scene.road.road_edges_3d
         if not edges:
             missing.append("3-D road edges RoadMap.road_edges_3d (ScenarioNet: map_features of type ROAD_EDGE_* "
                            "with (P, 3) polylines)")
         if missing:
             raise ValueError(f"scene {sid} ({scene.source}): WOSAC needs {'; '.join(missing)}. The Waymo ScenarioNet "
                              "pickles (../shared/data/womd-sample, womd-gpudrive) read through "
-                             "blm_gym.data.scenarionet have them; nuScenes / synthetic scenes do not.")
+                             "blm_gym.data.scenarionet have them; for nuScenes / synthetic scenes pass derive_map=True "
+                             "(map-based scores then not comparable).")
         win = slice(start, stop)
         tr = scene.traj
         if scene.extents is not None:
             length, width, height = (scene.extents[:, cur, k] for k in range(3))
         else:
-            length, width, height = tr.length, tr.width, scene.height
+            length, width = tr.length, tr.width
         evaluated = np.zeros(scene.num_agents, bool)
         evaluated[scene.ego_index] = True
         evaluated[list(scene.tracks_to_predict)] = True
@@ -386,11 +420,12 @@ class WosacScenario:
             lane_ids = tuple(scene.road.lane_ids[i] for i in keep)
         tl = scene.traffic_lights.select_steps(win) if scene.traffic_lights is not None else None
         return cls(
-            scenario_id=sid, x=tr.x[:, win], y=tr.y[:, win], z=scene.z[:, win], heading=tr.heading[:, win],
+            scenario_id=sid, x=tr.x[:, win], y=tr.y[:, win], z=z[:, win], heading=tr.heading[:, win],
             valid=tr.valid[:, win], length=length, width=width, height=height,
             object_type=[OBJECT_TYPE_OF_AGENT_TYPE.get(AgentType(int(t)), TYPE_OTHER) for t in scene.agent_type],
             object_id=np.asarray(list(object_id)), is_sdc=is_sdc, evaluated=evaluated, road_edges=tuple(edges),
             lanes=lanes, lane_ids=lane_ids, traffic_lights=tl, current_index=CURRENT_INDEX, dt=STEP_SECONDS,
+            derived_map=bool(derived),
         )
 
     @classmethod
