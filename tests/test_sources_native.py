@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import shapely
 
-from blm_gym.data import av2, build, commonroad, interaction, womd_proto
+from blm_gym.data import av2, build, commonroad, interaction, road_edges, womd_proto
 from blm_gym.data.scene import AgentType, Scene
 from blm_gym.data.source import SceneSource
 from conftest import SHARED_DATA
@@ -203,12 +203,12 @@ def test_scene_from_womd_and_edge_side_drivable_area():
 
 def test_road_edge_region_sign_rule():
     square = np.array([[0, 0], [10, 0], [10, 10], [0, 10], [0, 0]], float)
-    ccw = womd_proto.road_edge_region([square], [square])  # road inside a counter-clockwise ring
-    cw = womd_proto.road_edge_region([square[::-1]], [square])  # an island: road outside
+    ccw = road_edges.road_edge_region([square], [square])  # road inside a counter-clockwise ring
+    cw = road_edges.road_edge_region([square[::-1]], [square])  # an island: road outside
     assert ccw.contains(shapely.Point(5, 5)) and not ccw.contains(shapely.Point(-3, 5))
     assert cw.contains(shapely.Point(-3, 5)) and not cw.contains(shapely.Point(5, 5))
     assert ccw.area == pytest.approx(100.0, rel=0.05)
-    sd = womd_proto.signed_distance_to_edges(np.array([[5.0, 5.0], [-3.0, 5.0], [12.0, 12.0]]), [square])
+    sd = road_edges.signed_distance_to_edges(np.array([[5.0, 5.0], [-3.0, 5.0], [12.0, 12.0]]), [square])
     assert sd == pytest.approx([-5.0, 3.0, np.hypot(2, 2)])  # beyond a convex corner: off-road
 
 

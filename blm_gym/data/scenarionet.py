@@ -24,6 +24,7 @@ import numpy as np
 import shapely
 from shapely.geometry.base import BaseGeometry
 
+from blm_gym.data.road_edges import road_edge_region
 from blm_gym.data.safe_pickle import CorruptSceneFileError, load_pickle
 from blm_gym.data.scene import (DEFAULT_DT, LANE_STATES, AgentType, DrivableArea, RoadMap, Scene, TrafficLights,
                                  Trajectories, pad_polylines)
@@ -42,9 +43,6 @@ AGENT_TYPES = {
 }
 
 DEFAULT_LANE_HALF_WIDTH = 2.0  # m; nuScenes-in-ScenarioNet has no widths (README: 2 m holds 98 %)
-# Road-edge faces count as drivable only when lanes already cover this share of them: it fills
-# gaps inside junctions but keeps out city blocks and medians, which road edges enclose too.
-EDGE_FACE_MIN_LANE_SHARE = 0.5
 RASTER_RESOLUTION = 0.5  # m per drivable-area raster cell
 
 
@@ -323,17 +321,14 @@ def road_map_3d(map_features: dict) -> dict:
 def drivable_geometry(lanes: list[np.ndarray], half_widths: Sequence[float], polygons: list[np.ndarray],
                       road_edges: list[np.ndarray]) -> BaseGeometry:
     """Drivable area: the union of lane centerlines ``(P, 2)`` buffered by ``half_widths`` (m),
-    the ``polygons`` ``(K, 2)`` (lane / driveway surfaces), and the faces enclosed by
-    ``road_edges`` that the buffered lanes already mostly cover (gaps inside junctions).
+    the ``polygons`` ``(K, 2)`` (lane / driveway surfaces), and the on-road side of the
+    ``road_edges`` ``(P, 2)``, oriented as WOMD's with the road on their left
+    (:func:`blm_gym.data.road_edges.road_edge_region`; Waymo maps have them, nuScenes none).
     """
     lane_area = shapely.union_all(shapely.buffer(_ragged(shapely.linestrings, lanes), np.asarray(half_widths, float)))
     surfaces = shapely.make_valid(shapely.polygons(_ragged(shapely.linearrings, polygons)))
-    faces = []
-    if road_edges:
-        noded = shapely.get_parts(shapely.union_all(_ragged(shapely.linestrings, road_edges)))  # polygonize needs noded lines
-        faces = shapely.get_parts(shapely.polygonize(noded))
-        faces = faces[shapely.area(shapely.intersection(faces, lane_area)) >= EDGE_FACE_MIN_LANE_SHARE * shapely.area(faces)]
-    return shapely.union_all([lane_area, *surfaces, *faces])
+    on_road = [road_edge_region(road_edges, list(lanes) + list(road_edges))] if road_edges else []
+    return shapely.union_all([lane_area, *surfaces, *on_road])
 
 
 def _ragged(make, coords: list[np.ndarray]) -> np.ndarray:
