@@ -34,7 +34,7 @@ class DemoConfig:
     eval_scenes: tuple[str, ...] = ("roundabout-001", "intersection-001")  # held out (synthetic ids)
     vae_steps: int = 1000
     diffusion_steps: int = 1000
-    finetune_steps: int = 30  # PPO iterations
+    finetune_iterations: int = 30  # PPO iterations (collect + update)
     reward: str = "collision=1,offroad=1"  # the stage-3 objective
     samples: int = 8  # closed-loop samples per evaluation scene
     horizon_s: float = 10.0
@@ -114,7 +114,7 @@ def run_demo(cfg: DemoConfig, mode: str = "fresh") -> dict:
         DiffusionTrainConfig(vae_checkpoint=str(vae), data="synthetic", steps=cfg.diffusion_steps, seed=cfg.seed,
                              out=str(p), val_every=10**9, save_every=cfg.diffusion_steps), scenes=split))
     finetuned = stage("stage 3: PPO fine-tuning", out / "finetuned.pt", lambda p: finetune(
-        replace(FinetuneConfig(), checkpoint=str(pretrained), reward=cfg.reward, steps=cfg.finetune_steps,
+        replace(FinetuneConfig(), checkpoint=str(pretrained), reward=cfg.reward, steps=cfg.finetune_iterations,
                 seed=cfg.seed, out=str(p)), scenes=train))
     t0 = time.perf_counter()
     summary = evaluate(source, eval_ids, {"pretrained": pretrained, "finetuned": finetuned}, cfg, out)

@@ -64,7 +64,7 @@ def test_demo_refuses_to_mix_runs(tmp_path, capsys):
 @pytest.mark.slow
 def test_demo_end_to_end_tiny(tmp_path):
     out = tmp_path / "demo"
-    assert main(["demo", "--out", str(out), "--set", "vae_steps=10", "diffusion_steps=10", "finetune_steps=1",
+    assert main(["demo", "--out", str(out), "--set", "vae_steps=10", "diffusion_steps=10", "finetune_iterations=1",
                  "samples=2", "horizon_s=2", "synthetic_scenes=4", 'eval_scenes=["intersection-000"]']) == 0
     summary = json.loads((out / "metrics.json").read_text())
     assert {"pretrained", "finetuned", "log"} <= set(summary)

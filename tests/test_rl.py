@@ -44,13 +44,13 @@ def bank(model):
 
 def cfg(tmp_path, **kw) -> FinetuneConfig:
     base = dict(checkpoint=str(tmp_path / "base.pt"), reward="progress=1", start_steps=(10,), max_agents=4, steps=2,
-                samples_per_scene=4, scenes_per_step=2, num_denoise_steps=4, finetune_steps=2, lr=1e-3, eta=1.0,
+                samples_per_scene=4, scenes_per_step=2, num_denoise_steps=4, tuned_denoise_steps=2, lr=1e-3, eta=1.0,
                 batch_size=8, repeat=2, out=str(tmp_path / "ft.pt"))
     return FinetuneConfig(**{**base, **kw})
 
 
 def test_mdp_episode_is_the_last_k_steps_with_a_terminal_reward(model, bank):
-    env = DenoisingMDP(model, bank, make_reward("collision=1,progress=0.1"), num_steps=4, finetune_steps=2, seed=0)
+    env = DenoisingMDP(model, bank, make_reward("collision=1,progress=0.1"), num_steps=4, tuned_denoise_steps=2, seed=0)
     obs, _ = env.reset()
     assert obs["step"] == 2 and obs["scene"] == 0 and obs["x"].shape == (4, 2, 4)
     obs, r, term, _, _ = env.step(obs["x"])

@@ -110,7 +110,7 @@ def decoded_reward_context(bank: SceneBank, scene: int, world_states: np.ndarray
 
 
 class DenoisingMDP(gym.Env):
-    """One episode = the last ``finetune_steps`` DDIM steps of one plan; see the module docstring.
+    """One episode = the last ``tuned_denoise_steps`` DDIM steps of one plan; see the module docstring.
 
     ``model`` runs the frozen prefix steps and decodes the final latents (no gradient);
     ``reward`` scores the decoded plan as the closed-loop policy would execute it (agents under
@@ -122,12 +122,13 @@ class DenoisingMDP(gym.Env):
     metadata = {"render_modes": []}
 
     def __init__(self, model: BLMModel, bank: SceneBank, reward: RewardTerm, *, num_steps: int = 10,
-                 finetune_steps: int = 2, eta: float = 1.0, seed: int | None = None, first_episode: int = 0,
+                 tuned_denoise_steps: int = 2, eta: float = 1.0, seed: int | None = None, first_episode: int = 0,
                  standstill_speed: float = 0.5, standstill_hold_s: float = 2.0, ego_replays_log: bool = False):
-        if not 1 <= finetune_steps <= num_steps:
-            raise ValueError(f"DenoisingMDP: finetune_steps must be in [1, num_steps={num_steps}], got {finetune_steps}")
+        if not 1 <= tuned_denoise_steps <= num_steps:
+            raise ValueError(f"DenoisingMDP: tuned_denoise_steps must be in [1, num_steps={num_steps}], "
+                             f"got {tuned_denoise_steps}")
         self.model, self.bank, self.reward = model, bank, reward
-        self.num_steps, self.finetune_steps, self.eta = num_steps, finetune_steps, float(eta)
+        self.num_steps, self.tuned_denoise_steps, self.eta = num_steps, tuned_denoise_steps, float(eta)
         # the closed-loop policy's standstill hold (LatentDiffusionPolicy), applied to scored plans
         self.standstill_speed = standstill_speed
         self.ego_replays_log = ego_replays_log
@@ -165,7 +166,7 @@ class DenoisingMDP(gym.Env):
             raise ValueError(f"DenoisingMDP.reset: scene {self._scene} outside [0, {len(self.bank)})")
         self._episode += 1
         x = self._noise((1,) + self.latent_space.shape)
-        self._i = self.num_steps - self.finetune_steps
+        self._i = self.num_steps - self.tuned_denoise_steps
         if self._i > 0:
             with torch.no_grad():
                 ctx = self.model.encode_context(self.bank.batches[self._scene])

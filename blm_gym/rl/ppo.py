@@ -244,7 +244,7 @@ class FinetuneConfig:
     samples_per_scene: int = 16  # parallel chains per plan (advantages are normalised over them)
     scenes_per_step: int = 4  # plans (bank entries: scene x start step) collected per iteration
     num_denoise_steps: int = 5  # DDIM steps of a chain: the closed-loop policy's (model default)
-    finetune_steps: int = 5  # K: only the last K DDIM steps are MDP actions (5 of 5 measured best)
+    tuned_denoise_steps: int = 5  # K: only the last K DDIM steps are MDP actions (5 of 5 measured best)
     eta: float = 0.0  # DDIM stochasticity: the closed-loop policy's (deterministic DDIM)
     std_floor: float = 0.3  # minimum policy std (normalised latent units): the exploration noise
     lr: float = 3e-4
@@ -280,8 +280,9 @@ def build_ppo(cfg: FinetuneConfig, model: BLMModel, reference: BLMModel, scenes,
     model.vae.requires_grad_(False)  # the decoder is not part of the policy
     envs = DummyVectorEnv([
         (lambda j=j: DenoisingMDP(model, bank, reward, num_steps=cfg.num_denoise_steps,
-                                  finetune_steps=cfg.finetune_steps, eta=cfg.eta, seed=cfg.seed * 1000 + j + first_episode,
-                                  first_episode=first_episode, ego_replays_log=cfg.ego_replays_log))
+                                  tuned_denoise_steps=cfg.tuned_denoise_steps, eta=cfg.eta,
+                                  seed=cfg.seed * 1000 + j + first_episode, first_episode=first_episode,
+                                  ego_replays_log=cfg.ego_replays_log))
         for j in range(cfg.samples_per_scene)])
     space = envs.get_env_attr("action_space", 0)[0]
     actor = DiffusionActor(model, bank, cfg.num_denoise_steps, cfg.eta, cfg.std_floor)
@@ -338,7 +339,7 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, scenes=None) -> Path:
                            first_episode=start * cfg.scenes_per_step)
     if state is not None:
         _TrainState(algo).load_state_dict(state)
-    per_iter = cfg.samples_per_scene * cfg.scenes_per_step * cfg.finetune_steps
+    per_iter = cfg.samples_per_scene * cfg.scenes_per_step * cfg.tuned_denoise_steps
     buffer = VectorReplayBuffer(per_iter, cfg.samples_per_scene)
     collector = Collector(algo, envs, buffer)
     collector.reset()
