@@ -745,16 +745,15 @@ def score_scenario(scenario: WosacScenario, sim_x, sim_y, sim_z, sim_heading,
                                 scenario.has_traffic_lights)
 
 
-def log_as_rollouts(scenario: WosacScenario, num_rollouts: int = NUM_ROLLOUTS, hold: bool = True):
+def log_as_rollouts(scenario: WosacScenario, num_rollouts: int = NUM_ROLLOUTS, hold: bool = False):
     """The logged future (steps current+1 .. current+80) of the simulated agents, repeated as
     ``num_rollouts`` identical rollouts: x, y, z, heading, each float32 ``(R, A, 80)``.
 
-    A submission has no validity: with ``hold`` (default) an agent holds its last valid pose
-    where the log is invalid after the current step (every simulated agent is valid at the
-    current step; tests/wosac_cases.py's "log" rollouts do the same). ``hold=False`` copies the
-    logged values at invalid steps as they are, as the official
-    ``converters.scenario_to_joint_scene`` does (0 for blm_gym scenes: such agents jump to the
-    origin).
+    A submission has no validity. By default the logged values at invalid steps are copied as
+    they are, as the official ``converters.scenario_to_joint_scene`` does (0 for blm_gym scenes:
+    such agents jump to the origin, away from everyone; tests/wosac_cases.py's "log" rollouts
+    do the same). ``hold=True`` keeps an agent at its last valid pose instead, where it stands
+    in the others' way (a lower meta-metric).
     """
     sim = scenario.sim_agent_mask
     valid = scenario.valid[sim]
