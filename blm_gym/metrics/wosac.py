@@ -47,6 +47,8 @@ official orders evaluated objects by id first; ScenarioNet stores one stop point
 """
 from __future__ import annotations
 
+import dataclasses
+
 import functools
 from dataclasses import dataclass, field
 
@@ -173,19 +175,9 @@ WOSAC_2024 = WosacConfig(
 
 # Transcribed from waymo-open-dataset 1.6.7 wdl_limited/sim_agents_metrics/challenge_2025_sim_agents_config.textproto
 # (the config metrics.load_metrics_config loads for the SIM_AGENTS challenge).
-WOSAC_2025 = WosacConfig(
-    name="2025",
-    linear_speed=_hist(0.0, 25.0, 10, 0.05),
-    linear_acceleration=_hist(-12.0, 12.0, 11, 0.05),
-    angular_speed=_hist(-0.628, 0.628, 11, 0.05),
-    angular_acceleration=_hist(-3.14, 3.14, 11, 0.05),
-    distance_to_nearest_object=_hist(-5.0, 40.0, 10, 0.1),
-    collision_indication=FeatureConfig(0.25),
-    time_to_collision=_hist(0.0, 5.0, 10, 0.1),
-    distance_to_road_edge=_hist(-20.0, 40.0, 10, 0.05),
-    offroad_indication=FeatureConfig(0.25),
+WOSAC_2025 = dataclasses.replace(
+    WOSAC_2024, name="2025", distance_to_road_edge=_hist(-20.0, 40.0, 10, 0.05),
     traffic_light_violation=FeatureConfig(0.05),
-    ttc_vehicles_only=True,
 )
 
 _CONFIGS = {"2024": WOSAC_2024, "2025": WOSAC_2025}
