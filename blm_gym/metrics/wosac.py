@@ -48,7 +48,6 @@ official orders evaluated objects by id first; ScenarioNet stores one stop point
 from __future__ import annotations
 
 import dataclasses
-
 import functools
 from dataclasses import dataclass, field
 
