@@ -30,7 +30,10 @@ def pick_scenes(count: int, lo: int = 64, hi: int = 128) -> list[WosacScenario]:
     source = open_source("scenarionet", SHARED_DATA / "womd-gpudrive")
     out = []
     for i in range(len(source.scene_ids)):
-        scenario = WosacScenario.from_scene(source.load(i))
+        try:
+            scenario = WosacScenario.from_scene(source.load(i))
+        except ValueError:  # not scorable under WOSAC (e.g. the SDC is not valid at the current step)
+            continue
         if lo <= scenario.num_sim_agents <= hi:
             out.append(scenario)
         if len(out) == count:
