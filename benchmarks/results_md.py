@@ -35,7 +35,7 @@ class Table:
     title: str
     samples: int
     membership: str = "log"
-    policies: tuple[str, ...] = ("log", "constant_velocity", "idm", "blm_unguided", "blm", "blm_unguided@safe")
+    policies: tuple[str, ...] = ("constant_velocity", "idm", "blm_unguided", "blm", "blm_unguided@safe")
 
     @property
     def command(self) -> str:
