@@ -1,58 +1,75 @@
-"""What the VAE and diffusion trainers share: scene loading and split, windows, the training loop.
+"""What the VAE and diffusion trainers share: the data (sources, splits, window caches), the training loop.
 
-The loop is deliberately plain (cleanrl style): seeded model init, one ``torch.Generator`` that
-orders the data and draws every training noise, AdamW with a linear warm-up then a constant
-rate (so ``steps`` can be raised and a run resumed without changing the past), optional
-mirror augmentation (half the windows reflected left-right: nuScenes-mini is tiny), gradient
-clipping, a CSV log, periodic validation and atomic checkpoints. Resuming restores weights,
-optimizer, both RNG states and the step, so a resumed run equals an uninterrupted one.
+Data: the training scenes' windows are cut once into an on-disk cache per source and split
+(:mod:`blm_gym.train.window_cache`) and read by a DataLoader (:mod:`blm_gym.train.loader`);
+scenes passed in by the caller (``scenes=``) are windowed in memory instead. Either way the loop
+sees the same :class:`AgentBatch` per step.
+
+The loop is deliberately plain (cleanrl style): seeded model init, a batch order that is a
+function of the seed and the step (:class:`~blm_gym.train.loader.StepBatchSampler`), one
+``torch.Generator`` that draws every training noise (and the mirror flips), AdamW with a linear
+warm-up then a constant rate (so ``steps`` can be raised and a run resumed without changing the
+past), optional mirror augmentation (half the windows reflected left-right: nuScenes-mini is
+tiny), gradient clipping, a CSV log, periodic validation and atomic checkpoints. Resuming
+restores weights, optimizer, both RNG states and the step, so a resumed run equals an
+uninterrupted one.
 """
 from __future__ import annotations
 
 import csv
+import dataclasses
 from pathlib import Path
 from typing import Callable, Sequence
 
 import torch
 from tqdm.auto import tqdm
 
-from blm_gym.data.scene import Scene
 from blm_gym.atomic_files import atomic_path
+from blm_gym.data.scene import Scene
+from blm_gym.data.source import SceneSource
 from blm_gym.models.batch import AgentBatch, collate, mirror, scene_windows
 from blm_gym.models.blm import BLMModel
 from blm_gym.models.checkpoint import load_checkpoint, restore_model, save_checkpoint
 from blm_gym.train import distributed
+from blm_gym.train.loader import CachedWindows, InMemoryWindows, StepBatchSampler, Windows, make_loader
+from blm_gym.train.window_cache import WindowConfig, default_cache_dir, open_window_cache
 
 NUSCENES_MINI_VAL = ("scene-0103", "scene-0916")  # official v1.0-mini val split
+VAL_STRIDE = 10  # steps between validation windows
 
 
-def load_scenes(data: str, data_dir: str | None, extra_data_dirs: Sequence[str], val_scenes: Sequence[str],
-                synthetic_scenes: int, seed: int) -> tuple[list[Scene], list[Scene]]:
-    """(train, val) scenes, split by scene id.
+def open_sources(data: str, data_dir: str | None, extra_data_dirs: Sequence[str], val_scenes: Sequence[str],
+                 synthetic_scenes: int, seed: int) -> tuple[list[SceneSource], SceneSource | None]:
+    """(train sources, val source or None), split by scene id; no scene is loaded.
 
     ``data``: ``"scenarionet"`` (a ScenarioNet folder ``data_dir``; scenes whose id is in
     ``val_scenes`` go to val) or ``"synthetic"`` (``synthetic_scenes`` highway-env scenes; the
     last one is val). ``extra_data_dirs``: more ScenarioNet folders, used for training only.
     """
-    from blm_gym.data.registry import open_source
+    from blm_gym.data.registry import SubsetSource, open_source
 
     if data == "scenarionet":
         source = open_source("scenarionet", data_dir)
-        scenes = [source.load(i) for i in range(len(source.scene_ids))]
-        train = [s for s in scenes if s.scene_id not in val_scenes]
-        val = [s for s in scenes if s.scene_id in val_scenes]
+        train_ids = [s for s in source.scene_ids if s not in val_scenes]
+        val_ids = [s for s in source.scene_ids if s in val_scenes]
     elif data == "synthetic":
         source = open_source("synthetic", num_scenes=max(synthetic_scenes, 2), seed=seed)
-        scenes = [source.load(i) for i in range(len(source.scene_ids))]
-        train, val = scenes[:-1], scenes[-1:]
+        train_ids, val_ids = list(source.scene_ids[:-1]), list(source.scene_ids[-1:])
     else:
         raise ValueError(f"unknown data {data!r}: use 'scenarionet' (with data_dir) or 'synthetic'")
-    for extra in extra_data_dirs:
-        source = open_source("scenarionet", extra)
-        train += [source.load(i) for i in range(len(source.scene_ids))]
+    train = [SubsetSource(source, train_ids)] if train_ids else []
+    train += [open_source("scenarionet", extra) for extra in extra_data_dirs]
     if not train:
         raise ValueError(f"no training scenes left after holding out val_scenes={list(val_scenes)}")
-    return train, val
+    return train, SubsetSource(source, val_ids) if val_ids else None
+
+
+def load_scenes(data: str, data_dir: str | None, extra_data_dirs: Sequence[str], val_scenes: Sequence[str],
+                synthetic_scenes: int, seed: int) -> tuple[list[Scene], list[Scene]]:
+    """(train, val) scenes of :func:`open_sources`, all loaded in memory."""
+    train, val = open_sources(data, data_dir, extra_data_dirs, val_scenes, synthetic_scenes, seed)
+    load = lambda src: [src.load(i) for i in range(len(src.scene_ids))]  # noqa: E731
+    return [s for src in train for s in load(src)], load(val) if val is not None else []
 
 
 def windows(scenes: Sequence[Scene], stride: int, max_agents: int, model: BLMModel) -> AgentBatch | None:
@@ -61,6 +78,44 @@ def windows(scenes: Sequence[Scene], stride: int, max_agents: int, model: BLMMod
     ws = list(scene_windows(scenes, stride=stride, max_agents=max_agents, history_steps=c.history_steps,
                             future_steps=c.future_steps))
     return collate(ws) if ws else None
+
+
+def training_data(cfg, model: BLMModel, scenes: tuple[list[Scene], list[Scene]] | None = None,
+                  sources: tuple[Sequence[SceneSource], SceneSource | None] | None = None
+                  ) -> tuple[Windows, AgentBatch | None]:
+    """(training windows, validation windows in one batch or None) for a trainer config ``cfg``.
+
+    ``scenes``: (train, val) scenes in memory, windowed in memory. Else ``sources`` (train
+    sources, val source), default :func:`open_sources` of ``cfg``'s data fields, each windowed
+    through its on-disk cache under ``cfg.window_cache`` (None: :func:`default_cache_dir`), built
+    or rebuilt as ``cfg.rebuild_cache`` says. ``cfg`` fields used: window_stride, max_agents,
+    window_cache, rebuild_cache and the data fields.
+    """
+    c = model.config
+    window = WindowConfig(stride=cfg.window_stride, max_agents=cfg.max_agents, history_steps=c.history_steps,
+                          future_steps=c.future_steps)
+    val_window = dataclasses.replace(window, stride=VAL_STRIDE)
+    if scenes is not None:
+        train_batch = windows(scenes[0], window.stride, window.max_agents, model)
+        val = windows(scenes[1], val_window.stride, val_window.max_agents, model)
+        train = InMemoryWindows(train_batch) if train_batch is not None else None
+    else:
+        train_sources, val_source = sources if sources is not None else open_sources(
+            cfg.data, cfg.data_dir, cfg.extra_data_dirs, cfg.val_scenes, cfg.synthetic_scenes, cfg.seed)
+        root = cfg.window_cache if cfg.window_cache is not None else default_cache_dir()
+        ctx = distributed.init_from_env(cfg.device)
+
+        def cache(source: SceneSource, split: str, w: WindowConfig):
+            return open_window_cache(source, w, root, split=split, rebuild=cfg.rebuild_cache, progress=ctx.is_main)
+
+        caches = [k for k in (cache(src, "train", window) for src in train_sources) if k.num_windows]
+        train = CachedWindows(caches) if caches else None
+        val_cache = cache(val_source, "val", val_window) if val_source is not None else None
+        val = CachedWindows([val_cache]).read_all() if val_cache is not None and val_cache.num_windows else None
+    if train is None:
+        raise ValueError("no training windows: scenes are shorter than history + future "
+                         f"({c.history_steps + c.future_steps + 1} steps)")
+    return train, val
 
 
 def write_csv(path: Path, rows: list[dict]) -> None:
@@ -83,21 +138,24 @@ LossFn = Callable[[BLMModel, AgentBatch, torch.Generator], tuple[torch.Tensor, d
 ValFn = Callable[[BLMModel], dict[str, float]]
 
 
-def train_loop(cfg, model: BLMModel, params: list[torch.nn.Parameter], train: AgentBatch, loss_fn: LossFn,
+def train_loop(cfg, model: BLMModel, params: list[torch.nn.Parameter], train: Windows | AgentBatch, loss_fn: LossFn,
                val_fn: ValFn | None, resume: bool, desc: str,
                finalize: Callable[[BLMModel], None] | None = None) -> tuple[BLMModel, list[dict]]:
     """Optimise ``params`` of ``model`` for ``cfg.steps`` steps on random batches of ``train``.
 
     ``cfg`` fields used: steps, batch_size, mirror, lr, weight_decay, warmup_steps, grad_clip, seed, out,
-    log_every, val_every, save_every. ``finalize`` runs once after the last step, before the
-    final checkpoint (e.g. to set ``latent_scale``). Returns the model and the CSV rows.
+    log_every, val_every, save_every, and ``loader_workers`` (DataLoader processes; 0 if absent).
+    ``finalize`` runs once after the last step, before the final checkpoint (e.g. to set
+    ``latent_scale``). Returns the model and the CSV rows.
     Under ``torchrun`` each rank trains on its shard of ``train`` with averaged gradients and only
     rank 0 validates and writes files (:mod:`blm_gym.train.distributed`).
     """
+    if isinstance(train, AgentBatch):
+        train = InMemoryWindows(train)
     out = Path(cfg.out)
     log_path = out.with_suffix(".csv")
     ctx = distributed.init_from_env(next(model.parameters()).device)
-    train = distributed.shard(train, ctx)
+    mine = distributed.shard_range(len(train), ctx)
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     data_rng = torch.Generator().manual_seed(cfg.seed)
     step, rows = 0, []
@@ -115,13 +173,12 @@ def train_loop(cfg, model: BLMModel, params: list[torch.nn.Parameter], train: Ag
         tqdm.write(f"{desc}: nothing to resume at {out}; starting from step 0")
     distributed.setup_model(model, ctx)
     device = next(model.parameters()).device
-    n = train.batch_size
+    sampler = StepBatchSampler(mine, cfg.batch_size, cfg.seed, start=step, stop=cfg.steps)
+    loader = make_loader(train, sampler, getattr(cfg, "loader_workers", 0))
     bar = tqdm(total=cfg.steps, initial=step, desc=desc, disable=None if ctx.is_main else True)
-    while step < cfg.steps:
-        idx = torch.randint(0, n, (min(cfg.batch_size, n),), generator=data_rng)
-        batch = train.index(idx)
+    for batch in loader:
         if cfg.mirror:
-            batch = mirror(batch, torch.rand(len(idx), generator=data_rng) < 0.5)
+            batch = mirror(batch, torch.rand(batch.batch_size, generator=data_rng) < 0.5)
         batch = batch.to(device)
         for g in opt.param_groups:
             g["lr"] = cfg.lr * min(1.0, (step + 1) / max(cfg.warmup_steps, 1))

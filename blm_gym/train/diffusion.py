@@ -7,14 +7,16 @@ noise, and the ADE/FDE (metres, world frame) of one DDIM-sampled joint plan to t
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Sequence
 
 import torch
 
 from blm_gym.data.scene import Scene
+from blm_gym.data.source import SceneSource
 from blm_gym.models.batch import to_world_frame
 from blm_gym.models.blm import BLMModel
 from blm_gym.models.checkpoint import load_model
-from blm_gym.train.common import NUSCENES_MINI_VAL, load_scenes, train_loop, windows
+from blm_gym.train.common import NUSCENES_MINI_VAL, train_loop, training_data
 
 
 @dataclass(frozen=True)
@@ -29,6 +31,10 @@ class DiffusionTrainConfig:
     window_stride: int = 2
     max_agents: int = 32
     mirror: bool = False  # reflect half the training windows left-right (did not help on nuScenes-mini)
+    window_cache: str | None = None  # folder of the on-disk window caches; None: ~/.cache/blm_gym/windows
+    rebuild_cache: str = "auto"  # a cache whose data or config changed: "auto" rebuilds it, "never" raises
+    loader_workers: int = 2  # DataLoader processes reading batches ahead (0: read in the training process,
+    #                          cheaper while the cache sits in the page cache; workers hide disk reads)
     # optimisation
     steps: int = 1000  # on nuScenes-mini the val loss is lowest near 1000 steps, then it overfits
     batch_size: int = 16  # windows (scenes) per step
@@ -59,10 +65,12 @@ def plan_errors(model: BLMModel, batch, num_steps: int, seed: int = 0) -> dict[s
 
 
 def train_diffusion(cfg: DiffusionTrainConfig, resume: bool = False,
-                    scenes: tuple[list[Scene], list[Scene]] | None = None) -> BLMModel:
+                    scenes: tuple[list[Scene], list[Scene]] | None = None,
+                    sources: tuple[Sequence[SceneSource], SceneSource | None] | None = None) -> BLMModel:
     """Train stage 2 from ``cfg.vae_checkpoint``; writes ``cfg.out`` + ``.csv``; returns the model.
 
-    ``scenes``: (train, val) scenes to use instead of loading ``cfg.data``.
+    Data (:func:`~blm_gym.train.common.training_data`): ``scenes``: (train, val) scenes in memory;
+    else ``sources``: (train sources, val source), else ``cfg.data``'s, read through window caches.
     """
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
@@ -71,12 +79,7 @@ def train_diffusion(cfg: DiffusionTrainConfig, resume: bool = False,
     if model.latent_scale.eq(1).all():
         raise ValueError(f"{cfg.vae_checkpoint} has no latent scale: finish stage 1 (`blm-gym train vae`) first")
     model.vae.requires_grad_(False)
-    train_scenes, val_scenes = scenes or load_scenes(cfg.data, cfg.data_dir, cfg.extra_data_dirs, cfg.val_scenes,
-                                                     cfg.synthetic_scenes, cfg.seed)
-    train = windows(train_scenes, cfg.window_stride, cfg.max_agents, model)
-    val = windows(val_scenes, 10, cfg.max_agents, model)
-    if train is None:
-        raise ValueError("no training windows: scenes are shorter than history + future")
+    train, val = training_data(cfg, model, scenes, sources)
 
     def loss_fn(m: BLMModel, batch, rng):
         return m.diffusion_loss(batch, generator=rng), {}

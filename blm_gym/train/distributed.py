@@ -7,9 +7,12 @@ shard of the training windows and averages gradients with the others before ever
 step, so all ranks hold identical weights. Only rank 0 validates and writes the checkpoint and
 the CSV log. Without torchrun (no ``WORLD_SIZE``, or 1) every helper here is a no-op.
 
-Semantics: ``batch_size`` is per rank (the effective batch is ``world_size x batch_size``). All
-ranks share the data-order/noise generator state (seeded alike, saved once by rank 0), so a run
-resumes exactly with the same number of ranks; each rank indexes its own shard with it.
+Semantics: ``batch_size`` is per rank (the effective batch is ``world_size x batch_size``). Every
+rank reads only its own windows (:func:`shard_range`: every ``world_size``-th one), drawn in the
+order of :class:`blm_gym.train.loader.StepBatchSampler` (a function of the seed and the step);
+all ranks share the noise generator state (seeded alike, saved once by rank 0), so a run resumes
+exactly with the same number of ranks. The on-disk window caches are built by the first rank that
+gets to them; the others wait on the cache's lock and read what it built.
 Averaging gradients by hand (one all-reduce of a flat buffer) rather than wrapping the model in
 ``DistributedDataParallel``: the losses call model methods (``vae_losses``, ``diffusion_loss``),
 not ``forward``, which DDP's hooks need.
@@ -84,15 +87,24 @@ def setup_model(model: torch.nn.Module, ctx: DistContext) -> torch.nn.Module:
     return model
 
 
+def shard_range(num_windows: int, ctx: DistContext) -> range:
+    """Indices of this rank's windows among ``num_windows``: every ``world_size``-th one from
+    ``rank``, all ranks with the same number (``range(num_windows)`` in a single process)."""
+    if not ctx.enabled:
+        return range(num_windows)
+    n = num_windows - num_windows % ctx.world_size
+    if n == 0:
+        raise ValueError(f"{num_windows} training window(s) for {ctx.world_size} ranks: use fewer processes "
+                         "or more data (a smaller window_stride)")
+    return range(ctx.rank, n, ctx.world_size)
+
+
 def shard(batch: AgentBatch, ctx: DistContext) -> AgentBatch:
-    """This rank's windows: every ``world_size``-th one from ``rank``, all shards of equal size."""
+    """This rank's windows of an in-memory batch (:func:`shard_range`)."""
     if not ctx.enabled:
         return batch
-    n = batch.batch_size - batch.batch_size % ctx.world_size
-    if n == 0:
-        raise ValueError(f"{batch.batch_size} training window(s) for {ctx.world_size} ranks: use fewer processes "
-                         "or more data (a smaller window_stride)")
-    return batch.index(torch.arange(ctx.rank, n, ctx.world_size))
+    r = shard_range(batch.batch_size, ctx)
+    return batch.index(torch.arange(r.start, r.stop, r.step))
 
 
 def average_gradients(params: list[torch.nn.Parameter], ctx: DistContext) -> None:

@@ -8,12 +8,16 @@ training windows is stored as ``model.latent_scale`` so that stage 2 diffuses un
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Sequence
 
 import torch
 
 from blm_gym.data.scene import Scene
+from blm_gym.data.source import SceneSource
+from blm_gym.models.batch import AgentBatch
 from blm_gym.models.blm import BLMConfig, BLMModel
-from blm_gym.train.common import NUSCENES_MINI_VAL, load_scenes, train_loop, windows
+from blm_gym.train.common import NUSCENES_MINI_VAL, train_loop, training_data
+from blm_gym.train.loader import InMemoryWindows, Windows
 
 
 @dataclass(frozen=True)
@@ -27,6 +31,10 @@ class VAETrainConfig:
     window_stride: int = 2  # steps between training windows (0.1 s each)
     max_agents: int = 32  # ego + nearest vehicles per window
     mirror: bool = False  # reflect half the training windows left-right (did not help on nuScenes-mini)
+    window_cache: str | None = None  # folder of the on-disk window caches; None: ~/.cache/blm_gym/windows
+    rebuild_cache: str = "auto"  # a cache whose data or config changed: "auto" rebuilds it, "never" raises
+    loader_workers: int = 2  # DataLoader processes reading batches ahead (0: read in the training process,
+    #                          cheaper while the cache sits in the page cache; workers hide disk reads)
     # model architecture (stored in the checkpoint; the diffusion stage keeps it)
     latent_dim: int = 4
     vae_channels: int = 64
@@ -58,22 +66,18 @@ def model_config(cfg: VAETrainConfig) -> BLMConfig:
 
 
 def train_vae(cfg: VAETrainConfig, resume: bool = False,
-              scenes: tuple[list[Scene], list[Scene]] | None = None) -> BLMModel:
+              scenes: tuple[list[Scene], list[Scene]] | None = None,
+              sources: tuple[Sequence[SceneSource], SceneSource | None] | None = None) -> BLMModel:
     """Train stage 1; writes ``cfg.out`` (checkpoint) and its ``.csv`` log; returns the model.
 
-    ``scenes``: (train, val) scenes to use instead of loading ``cfg.data``.
+    Data (:func:`~blm_gym.train.common.training_data`): ``scenes``: (train, val) scenes in memory;
+    else ``sources``: (train sources, val source), else ``cfg.data``'s, read through window caches.
     """
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
     torch.manual_seed(cfg.seed)
     model = BLMModel(model_config(cfg)).to(cfg.device)
-    train_scenes, val_scenes = scenes or load_scenes(cfg.data, cfg.data_dir, cfg.extra_data_dirs, cfg.val_scenes,
-                                                     cfg.synthetic_scenes, cfg.seed)
-    train = windows(train_scenes, cfg.window_stride, cfg.max_agents, model)
-    val = windows(val_scenes, 10, cfg.max_agents, model)
-    if train is None:
-        raise ValueError("no training windows: scenes are shorter than history + future "
-                         f"({model.config.history_steps + model.config.future_steps + 1} steps)")
+    train, val = training_data(cfg, model, scenes, sources)
 
     def loss_fn(m: BLMModel, batch, rng):
         parts = m.vae_losses(batch, generator=rng)
@@ -93,7 +97,28 @@ def train_vae(cfg: VAETrainConfig, resume: bool = False,
 
 
 @torch.no_grad()
-def latent_std(model: BLMModel, train, device: str) -> torch.Tensor:
-    """Per-channel std ``(d,)`` of the posterior means over all training agents."""
-    mean, _ = model.vae.encode(train.fut_actions[train.train_mask].to(device))
-    return mean.flatten(0, -2).std(0).clamp(min=1e-3)
+def latent_std(model: BLMModel, train: Windows | AgentBatch, device: str, chunk: int = 256) -> torch.Tensor:
+    """Per-channel std ``(d,)`` (unbiased) of the posterior means over all training agents.
+
+    Streams ``train`` ``chunk`` windows at a time, combining per-chunk counts, means and squared
+    deviations in float64 (Chan et al.), so memory does not grow with the data.
+    """
+    windows = InMemoryWindows(train) if isinstance(train, AgentBatch) else train
+    count, mean, m2 = 0, None, None
+    for batch in windows.chunks(chunk):
+        mu, _ = model.vae.encode(batch.fut_actions[batch.train_mask].to(device))
+        x = mu.flatten(0, -2).double().cpu()  # (agents x T', d)
+        if len(x) == 0:
+            continue
+        k, xm = len(x), x.mean(0)
+        xm2 = ((x - xm) ** 2).sum(0)
+        if mean is None:
+            count, mean, m2 = k, xm, xm2
+        else:
+            delta, total = xm - mean, count + k
+            mean = mean + delta * k / total
+            m2 = m2 + xm2 + delta ** 2 * count * k / total
+            count = total
+    if mean is None:
+        raise ValueError("latent_std: no training agent has a fully logged future")
+    return (m2 / (count - 1)).sqrt().float().clamp(min=1e-3).to(device)
