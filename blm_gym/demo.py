@@ -107,12 +107,14 @@ def run_demo(cfg: DemoConfig, mode: str = "fresh") -> dict:
         return path
 
     split = (train, train[-1:])  # training loops validate on a training scene: eval scenes stay unseen
+    # the demo's windows are in memory: loader worker processes would only add IPC on 2 cores
     vae = stage("stage 1: VAE", out / "vae.pt", lambda p: train_vae(
         VAETrainConfig(data="synthetic", steps=cfg.vae_steps, seed=cfg.seed, out=str(p), val_every=10**9,
-                       save_every=cfg.vae_steps), scenes=split))
+                       save_every=cfg.vae_steps, loader_workers=0), scenes=split))
     pretrained = stage("stage 2: latent diffusion", out / "pretrained.pt", lambda p: train_diffusion(
         DiffusionTrainConfig(vae_checkpoint=str(vae), data="synthetic", steps=cfg.diffusion_steps, seed=cfg.seed,
-                             out=str(p), val_every=10**9, save_every=cfg.diffusion_steps), scenes=split))
+                             out=str(p), val_every=10**9, save_every=cfg.diffusion_steps, loader_workers=0),
+        scenes=split))
     finetuned = stage("stage 3: PPO fine-tuning", out / "finetuned.pt", lambda p: finetune(
         replace(FinetuneConfig(), checkpoint=str(pretrained), reward=cfg.reward, steps=cfg.finetune_iterations,
                 seed=cfg.seed, out=str(p)), scenes=train))
