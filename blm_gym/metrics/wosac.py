@@ -677,23 +677,16 @@ def scores_from_features(scenario_id: str, log: WosacFeatures, sim: WosacFeature
     def any_valid(flags, mask):
         return (np.asarray(flags, bool) & mask).any(axis=-1)
 
-    sim_coll = any_valid(sim.collision_per_step, lv[None])  # (R, E)
-    log_coll = any_valid(log.collision_per_step[0], lv)
-    lk["collision_indication"] = float(np.exp(np.mean(
-        log_likelihood_scenario_level(config.collision_indication, log_coll, sim_coll))))
-    ll = log_likelihood_timeseries(config.distance_to_nearest_object, log.distance_to_nearest_object[0],
-                                   sim.distance_to_nearest_object)
-    lk["distance_to_nearest_object"] = float(np.exp(_masked_mean(ll, lv)))
-    ll = log_likelihood_timeseries(config.time_to_collision, log.time_to_collision[0], sim.time_to_collision)
     ttc_valid = lv & is_vehicle[:, None] if config.ttc_vehicles_only else lv
-    lk["time_to_collision"] = float(np.exp(_masked_mean(ll, ttc_valid)))
-    sim_off = any_valid(sim.offroad_per_step, lv[None])
-    log_off = any_valid(log.offroad_per_step[0], lv)
-    lk["offroad_indication"] = float(np.exp(np.mean(
-        log_likelihood_scenario_level(config.offroad_indication, log_off, sim_off))))
-    ll = log_likelihood_timeseries(config.distance_to_road_edge, log.distance_to_road_edge[0],
-                                   sim.distance_to_road_edge)
-    lk["distance_to_road_edge"] = float(np.exp(_masked_mean(ll, lv)))
+    for name, valid in (("distance_to_nearest_object", lv), ("time_to_collision", ttc_valid),
+                        ("distance_to_road_edge", lv)):
+        ll = log_likelihood_timeseries(config.feature(name), getattr(log, name)[0], getattr(sim, name))
+        lk[name] = float(np.exp(_masked_mean(ll, valid)))
+    flags = {}  # per (rollout, object): an event at some step where the log is valid
+    for name, per_step in (("collision_indication", "collision_per_step"), ("offroad_indication", "offroad_per_step")):
+        flags[name] = any_valid(getattr(sim, per_step), lv[None])  # (R, E)
+        logged = any_valid(getattr(log, per_step)[0], lv)
+        lk[name] = float(np.exp(np.mean(log_likelihood_scenario_level(config.feature(name), logged, flags[name]))))
     tl_valid = lv & is_vehicle[:, None]  # vehicles only (metrics.py of 1.6.7)
     log_tl = any_valid(log.traffic_light_violation_per_step[0], tl_valid)
     sim_tl = any_valid(sim.traffic_light_violation_per_step, tl_valid[None])
@@ -713,7 +706,8 @@ def scores_from_features(scenario_id: str, log: WosacFeatures, sim: WosacFeature
     ade = sim.average_displacement_error
     return WosacScores(
         scenario_id=scenario_id, config=config.name, metametric=metametric, likelihoods=likelihoods, **buckets,
-        simulated_collision_rate=float(sim_coll.mean()), simulated_offroad_rate=float(sim_off.mean()),
+        simulated_collision_rate=float(flags['collision_indication'].mean()),
+        simulated_offroad_rate=float(flags['offroad_indication'].mean()),
         simulated_traffic_light_violation_rate=float(sim_tl_rate.mean()),
         average_displacement_error=float(ade.mean()), min_average_displacement_error=float(ade.mean(axis=1).min()),
         num_sim_agents=int(num_sim_agents), num_evaluated=int(len(log.object_id)),

@@ -97,16 +97,6 @@ class SimulatorState:
     def width(self) -> np.ndarray:
         return self.sim.width
 
-    @property
-    def is_done(self) -> bool:
-        """True at the log's last step: there is no logged step to advance to."""
-        return self.current_step >= self.log.num_steps - 1
-
-    def window(self, steps: int) -> Trajectories:
-        """The last ``steps`` simulated states (up to the current step), ``(N, steps)``."""
-        t0 = max(0, self.current_step - steps + 1)
-        return self.sim.select(steps=slice(t0, self.current_step + 1))
-
     def _with_checks(self, t: int) -> "SimulatorState":
         """This state with the per-step checks of step ``t`` written (in place: ``t`` is new)."""
         now = self.sim.select(steps=slice(t, t + 1))
