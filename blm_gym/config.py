@@ -7,6 +7,7 @@ file, then ``key=value`` overrides (values parsed as JSON where possible, e.g. `
 from __future__ import annotations
 
 import dataclasses
+import enum
 import json
 import tomllib
 import typing
@@ -67,5 +68,7 @@ def load_config(cls: type[C], path: str | Path | None = None, overrides: Iterabl
 
 
 def config_to_dict(config: Any) -> dict[str, Any]:
-    """JSON-ready dict of a config dataclass (stored inside checkpoints and rollout files)."""
-    return dataclasses.asdict(config)
+    """JSON-ready dict of a config dataclass (stored inside checkpoints and rollout files); enum
+    choices become their values."""
+    return dataclasses.asdict(config, dict_factory=lambda items: {k: v.value if isinstance(v, enum.Enum) else v
+                                                                  for k, v in items})

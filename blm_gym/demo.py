@@ -117,7 +117,7 @@ def run_demo(cfg: DemoConfig, mode: str = "fresh") -> dict:
         scenes=split))
     finetuned = stage("stage 3: PPO fine-tuning", out / "finetuned.pt", lambda p: finetune(
         replace(FinetuneConfig(), checkpoint=str(pretrained), reward=cfg.reward, steps=cfg.finetune_iterations,
-                seed=cfg.seed, out=str(p)), scenes=train))
+                scenes_per_step=2, num_chains=4, seed=cfg.seed, out=str(p)), scenes=train))
     t0 = time.perf_counter()
     summary = evaluate(source, eval_ids, {"pretrained": pretrained, "finetuned": finetuned}, cfg, out)
     timings["evaluate"] = round(time.perf_counter() - t0, 1)

@@ -1,4 +1,4 @@
-"""The denoising-step MDP and PPO fine-tuning, on a tiny BLM model and a hand-made scene."""
+"""The closed-loop denoising MDP, its group terms and PPO fine-tuning, on a tiny BLM model and hand-made scenes."""
 from __future__ import annotations
 
 import csv
@@ -9,14 +9,15 @@ import numpy as np
 import pytest
 import torch
 from gymnasium.utils.env_checker import check_env
-from tianshou.data import Batch, Collector, VectorReplayBuffer
-from tianshou.utils.torch_utils import policy_within_training_step
+from tianshou.data import Batch
 
+from blm_gym.data.scene import AgentType
 from blm_gym.models.blm import BLMConfig, BLMModel
 from blm_gym.models.checkpoint import load_checkpoint, load_model, save_checkpoint
-from blm_gym.rewards import make_reward
-from blm_gym.rl import DenoisingMDP, SceneBank
-from blm_gym.rl.ppo import DiffusionActor, FinetuneConfig, build_ppo, finetune, latent_gaussian, normalise_per_group
+from blm_gym.rewards import RewardContext, make_reward
+from blm_gym.rl import DenoisingMDP, Loop, SceneGroupVectorEnv, chunk_realism
+from blm_gym.rl import group_env
+from blm_gym.rl.ppo import DenoisingActor, FinetuneConfig, finetune, latent_gaussian
 from test_rewards import make_scene
 
 torch.set_num_threads(1)
@@ -24,11 +25,12 @@ TINY = BLMConfig(history_steps=5, future_steps=8, latent_dim=4, vae_channels=16,
                  num_heads=2, train_steps=20, sample_steps=4)
 
 
-def scene():
-    """Three cars (one parked) on a straight road; 30 steps; 4 agent slots, so one is padding."""
-    t = np.arange(30, dtype=np.float32)
-    return make_scene(np.stack([10 + t, 30 + 0.8 * t, 50 + 0 * t]), np.stack([0 * t, 3 + 0 * t, -3 + 0 * t]),
-                      speed=np.stack([np.full(30, 10.0), np.full(30, 8.0), np.zeros(30)]))
+def scene(steps: int = 40):
+    """Two moving cars and a pedestrian on a straight road; 5 agent slots, so two are padding."""
+    t = np.arange(steps, dtype=np.float32)
+    return make_scene(np.stack([10 + t, 30 + 0.8 * t, 50 + 0.1 * t]), np.stack([0 * t, 3 + 0 * t, -8 + 0 * t]),
+                      speed=np.stack([np.full(steps, 10.0), np.full(steps, 8.0), np.full(steps, 1.0)]),
+                      types=[AgentType.VEHICLE, AgentType.VEHICLE, AgentType.PEDESTRIAN])
 
 
 @pytest.fixture(scope="module")
@@ -37,164 +39,153 @@ def model():
     return BLMModel(TINY).eval()
 
 
-@pytest.fixture(scope="module")
-def bank(model):
-    return SceneBank([scene(), scene()], model, step=10, max_agents=4)
+def mdp(model, reward="collision=1,progress=0.1", **kw) -> DenoisingMDP:
+    base = dict(num_chains=2, num_steps=4, tuned_denoise_steps=2, max_agents=5, replan_every_s=0.5, eta=1.0)
+    return DenoisingMDP(model, model, [(scene(), 5)], make_reward(reward), **{**base, **kw})
 
 
-def cfg(tmp_path, **kw) -> FinetuneConfig:
-    base = dict(checkpoint=str(tmp_path / "base.pt"), reward="progress=1", start_steps=(10,), max_agents=4, steps=2,
-                samples_per_scene=4, scenes_per_step=2, num_denoise_steps=4, tuned_denoise_steps=2, lr=1e-3, eta=1.0,
-                batch_size=8, repeat=2, out=str(tmp_path / "ft.pt"))
-    return FinetuneConfig(**{**base, **kw})
-
-
-def test_mdp_episode_is_the_last_k_steps_with_a_terminal_reward(model, bank):
-    env = DenoisingMDP(model, bank, make_reward("collision=1,progress=0.1"), num_steps=4, tuned_denoise_steps=2, seed=0)
+def run_episode(env: DenoisingMDP):
     obs, _ = env.reset()
-    assert obs["step"] == 2 and obs["scene"] == 0 and obs["x"].shape == (4, 2, 4)
-    obs, r, term, _, _ = env.step(obs["x"])
-    assert (r, term, obs["step"]) == (0.0, False, 3)
-    _, r, term, _, info = env.step(obs["x"])
-    assert term and set(info["reward_terms"]) == {"collision", "progress"}
-    assert r == pytest.approx(info["reward_terms"]["collision"] + 0.1 * info["reward_terms"]["progress"])
-    assert env.reset()[0]["scene"] == 1  # episodes cycle through the scenes
+    steps, done = [], False
+    while not done:
+        obs, r, done, _, info = env.step(obs["x"])
+        steps.append((r, info, env._state))
+    return steps
+
+
+def test_closed_loop_chain_reward_is_the_terms_on_the_simulated_states(model):
+    env = mdp(model, reward="progress=1,offroad=1")
+    steps = run_episode(env)
+    assert len(steps) == env.num_mdp_steps == 4
+    ends = [(r, info, state) for r, info, state in steps if info["chain_end"]]
+    assert len(ends) == 2  # one per chain, after its 2 tuned DDIM steps
+    term = make_reward("progress=1,offroad=1")
+    for k, (r, info, state) in enumerate(ends):
+        assert state.current_step == 5 + 5 * (k + 1)  # each chain executed the replan interval (0.5 s)
+        ctx = RewardContext.from_state(state, controlled=state.scene.is_vehicle, window=6)
+        assert info["task_reward"] == pytest.approx(float(term(ctx)))
+        assert r == pytest.approx(info["task_reward"] + info["kl_reward"])
+    # what was scored is the simulator's state: the pedestrian (not the policy's) replayed its log
+    final = ends[-1][2]
+    assert final.sim.x[2, 15] == pytest.approx(final.log.x[2, 15])
+    # the second chain planned from the simulated state, not the log
+    assert not np.allclose(final.sim.x[:2, 10], final.log.x[:2, 10])
     check_env(env, skip_render_check=True)
 
 
-def test_policy_log_prob_is_the_per_dim_mean_of_the_closed_form_gaussian(model, bank):
-    actor = DiffusionActor(model, bank, num_steps=4, eta=1.0, std_floor=0.1)
-    x = torch.randn(3, 4, 2, 4)
-    obs = Batch(scene=np.array([0, 1, 0]), step=np.array([2, 3, 3]), x=x.numpy())
-    (mean, std, real_rows), _ = actor(obs)
+def test_open_loop_episode_is_one_chain_executing_the_whole_plan(model):
+    env = mdp(model, loop=Loop.OPEN)
+    steps = run_episode(env)
+    assert len(steps) == 2 and steps[-1][2].current_step == 5 + TINY.future_steps
+
+
+def test_non_ego_control_leaves_the_ego_on_its_log(model):
+    env = mdp(model, controlled="non_ego")
+    final = run_episode(env)[-1][2]
+    ego = final.scene.ego_index
+    np.testing.assert_allclose(final.sim.x[ego, 5:16], final.log.x[ego, 5:16])
+    assert not np.allclose(final.sim.x[1, 6:16], final.log.x[1, 6:16])
+
+
+def test_kl_reward_is_the_unbiased_per_dim_estimate(model):
+    env = mdp(model, kl_coef=2.0)
+    env.reset()
+    with torch.no_grad():
+        mean, std = model.denoise_mean_std(env._x, env._i, model.encode_context(env._batch), env.timesteps, 1.0)
+    assert env.kl_reward(mean) == pytest.approx(2.0 * 0.5)  # the reference's own mean: KL estimate -1/2 per dim
+    g = torch.Generator().manual_seed(0)
+    draws = [env.kl_reward(mean + std.clamp(min=env.std_floor) * torch.randn(mean.shape, generator=g))
+             for _ in range(400)]
+    assert abs(np.mean(draws)) < 0.05  # policy == reference: KL 0 on average
+
+
+def test_actor_log_prob_is_the_per_dim_mean_of_the_closed_form_gaussian(model):
+    env = mdp(model)
+    obs, _ = env.reset()
+    actor = DenoisingActor(model, num_steps=4, eta=1.0, std_floor=0.1)
+    x = torch.randn(2, *env.latent_space.shape)
+    plan = Batch({k: np.stack([v, v]) for k, v in obs["plan"].items()})
+    (mean, std, real), _ = actor(Batch(plan=plan, step=np.array([2, 3]), x=x.numpy(), chain=np.array([0, 0])))
     act = torch.randn_like(x)
-    logp = latent_gaussian((mean, std, real_rows)).log_prob(act)
-    real = bank.agent_mask([0])[0]
-    assert torch.equal(real_rows.bool(), real[None, :, None, None].expand_as(x))
-    for b, (s, i) in enumerate([(0, 2), (1, 3), (0, 3)]):
+    logp = latent_gaussian((mean, std, real)).log_prob(act)
+    rows = real[0, :, 0, 0] > 0
+    assert rows.tolist() == [True, True, True, False, False]
+    for b, i in enumerate([2, 3]):
         with torch.no_grad():
-            mu, sd = model.denoise_mean_std(x[b:b + 1], i, model.encode_context(bank.batches[s]), actor.timesteps, 1.0)
-        mu, sd = mu[0].double(), sd[0].double().clamp(min=0.1)
-        mu, sd = torch.where(real[:, None, None], mu, 0.0), torch.where(real[:, None, None], sd, 1.0)
-        a = act[b].double()
-        ref = (-0.5 * ((a - mu) / sd) ** 2 - sd.log() - 0.5 * math.log(2 * math.pi))[real].mean()
+            mu, sd = model.denoise_mean_std(x[b:b + 1], i, model.encode_context(env._batch), actor.timesteps, 1.0)
+        mu, sd, a = mu[0, rows].double(), sd[0, rows].double().clamp(min=0.1), act[b, rows].double()
+        ref = (-0.5 * ((a - mu) / sd) ** 2 - sd.log() - 0.5 * math.log(2 * math.pi)).mean()
         assert logp[b].item() == pytest.approx(ref.item(), rel=1e-5)
-    # The last DDIM step is deterministic (std 0): the policy's std is the floor there, never 0.
-    assert torch.allclose(std[1][real], torch.tensor(0.1)) and (std > 0).all()
-
-
-def test_std_floor_must_be_positive(model, bank):
+    assert torch.allclose(std[1, rows], torch.tensor(0.1))  # the last DDIM step (std 0) takes the floor
     with pytest.raises(ValueError, match="std_floor must be > 0"):
-        DiffusionActor(model, bank, num_steps=4, eta=1.0, std_floor=0.0)
+        DenoisingActor(model, num_steps=4, eta=1.0, std_floor=0.0)
 
 
-def test_first_update_has_ratio_one_and_zero_kl(tmp_path, model):
-    c = cfg(tmp_path)
-    trainee = BLMModel(TINY)
-    trainee.load_state_dict(model.state_dict())
-    algo, envs = build_ppo(c, trainee, model, [scene(), scene()], make_reward(c.reward))
-    buffer = VectorReplayBuffer(16, 4)
-    collector = Collector(algo, envs, buffer)
-    collector.reset()
-    with policy_within_training_step(algo.policy):
-        collector.collect(n_step=16)
-        stats = algo.update(buffer, batch_size=None, repeat=2)
-    assert stats.initial_ratio_error < 1e-4  # logp_old comes from the same weights
-    assert stats.initial_kl == 0.0  # trainee == reference before any step
-    assert stats.kl.max > 0.0  # ...and the update moved it
-
-
-def test_scene_bank_plans_every_scene_from_every_step_it_has(model):
-    b = SceneBank([scene(), scene()], model, step=(10, 20, 29), max_agents=4)
-    assert b.steps == [10, 10, 20, 20, 29, 29] and len(b) == 6  # step-major: one iteration sees many scenes
-    with pytest.raises(ValueError, match="lower the planning steps"):
-        SceneBank([scene()], model, step=(30, 40), max_agents=4)
-
-
-def test_decoded_reward_scores_vehicles_and_off_road_counts_vehicles_leaving_the_road(model, bank):
-    from blm_gym.rl import decoded_reward_context
-
-    b = bank.batches[0]
-    rows = int((b.agent_mask[0] & (b.agent_index[0] >= 0)).sum())
-    stay = np.broadcast_to(b.state_world[0, :4].numpy()[:, None, :], (4, 8, 4)).astype(np.float64)
-    ctx = decoded_reward_context(bank, 0, stay)
-    assert ctx.x.shape == (rows, 9) and ctx.controlled.all()  # three cars, all vehicles
-    assert make_reward("collision=1,offroad(from_road=1)=1")(ctx) == 0.0
-    gone = stay.copy()
-    gone[0, 4:, 1] = 1e4  # the first car leaves the road half-way through the plan
-    assert make_reward("offroad(from_road=1)")(decoded_reward_context(bank, 0, gone)) == pytest.approx(-1 / rows)
-
-
-def test_normalise_per_group_centres_and_scales_each_group():
-    adv = torch.tensor([1.0, 3.0, 10.0, 30.0, 5.0])
-    out = normalise_per_group(adv, np.array([0, 0, 1, 1, 2]))
-    assert torch.allclose(out, torch.tensor([-1.0, 1.0, -1.0, 1.0, 0.0]), atol=1e-6)
-
-
-def test_integer_reward_trains_without_gradient_through_the_reward(tmp_path, model):
-    from blm_gym.rewards import register_term
-
+def test_leave_one_out_realism_gives_each_rollout_its_k_minus_1_others(monkeypatch):
+    sc = scene()
+    log = sc.traj.select(steps=slice(5, 16))
+    chunk = lambda dx: {"x": log.x + dx, "y": log.y, "heading": log.heading, "valid": log.valid}  # noqa: E731
+    chunks = [chunk(0.0), chunk(np.linspace(0, 8, 11)), chunk(np.linspace(0, 12, 11)), chunk(np.linspace(0, 16, 11))]
     seen = []
+    original = group_env.log_likelihood_timeseries
 
-    @register_term("progress_tenth_mm")
-    def progress_tenth_mm(ctx):  # integer-valued and non-differentiable by construction
-        seen.append(ctx)
-        # 0.1 mm resolution: the untrained tiny model's samples differ by millimetres only, and a
-        # reward that is equal for every sample has zero advantages (nothing to learn)
-        return np.rint(1e4 * (ctx.x[..., -1] - ctx.x[..., 0])).sum(-1).astype(np.int64)
+    def spy(feature, log_values, sim_values):
+        seen.append(sim_values[:, 0, 5].round(3).tolist())  # one value per rollout in the set
+        return original(feature, log_values, sim_values)
 
+    monkeypatch.setattr(group_env, "log_likelihood_timeseries", spy)
+    r = chunk_realism(sc, 5, chunks, sc.is_vehicle)
+    per_set = seen[::len(group_env.TIMESERIES)]  # the first feature's call of each set: all, then without 0, 1, ...
+    assert [len(s) for s in per_set] == [4, 3, 3, 3, 3]
+    for k in range(4):
+        assert sorted(per_set[1 + k]) == sorted(np.delete(per_set[0], k).tolist())
+    assert r.shape == (4,) and r[0] == r.max() > 0  # the rollout that follows the log adds the most realism
+
+
+def test_group_env_adds_the_group_terms_and_leaves_one_out_baseline(model):
+    env_fns = [lambda j=j: mdp(model, seed=j) for j in range(3)]  # different noise: different plans
+    vec = SceneGroupVectorEnv(env_fns, group_size=3, problems=[(scene(), 5)], realism_weight=0.0)
+    obs, _ = vec.reset()
+    for _ in range(2):
+        obs, rew, _, _, info = vec.step(np.stack([o["x"] for o in obs]))
+    task = np.array([i["task_reward"] for i in info])
+    kl = np.array([i["kl_reward"] for i in info])
+    assert all(i["chain_end"] for i in info) and "chunk" not in info[0] and np.ptp(task) > 0
+    np.testing.assert_allclose(rew, kl + task - (task.sum() - task) / 2)
+    with pytest.raises(ValueError, match="group"):
+        SceneGroupVectorEnv(env_fns[:1], group_size=1, problems=[(scene(), 5)])
+
+
+def cfg(tmp_path, **kw) -> FinetuneConfig:
+    base = dict(checkpoint=str(tmp_path / "base.pt"), reward="progress=1", start_steps=(5,), max_agents=5, steps=2,
+                samples_per_scene=2, scenes_per_step=2, num_chains=2, replan_every_s=0.5, num_denoise_steps=4,
+                tuned_denoise_steps=2, lr=1e-3, eta=1.0, batch_size=8, repeat=2, out=str(tmp_path / "ft.pt"),
+                eval_every=1, eval_samples=1, eval_start_step=5, eval_horizon_s=1.0)
+    return FinetuneConfig(**{**base, **kw})
+
+
+def test_finetune_logs_a_learning_curve_and_resumes_exactly(tmp_path, model):
     save_checkpoint(tmp_path / "base.pt", model)
-    c = cfg(tmp_path, reward="progress_tenth_mm=1")
-    path = finetune(c, scenes=[scene(), scene()])
-    # The reward only ever sees numpy arrays: no autograd graph can reach it or leave it.
-    assert seen and all(isinstance(ctx.x, np.ndarray) for ctx in seen)
-    assert not any(isinstance(getattr(ctx, f.name), torch.Tensor) for ctx in seen for f in dataclasses.fields(ctx))
-    tuned = load_model(path)
-    changed = [not torch.equal(a, b) for a, b in zip(tuned.denoiser.parameters(), model.denoiser.parameters())]
-    assert any(changed)
-    assert all(torch.equal(a, b) for a, b in zip(tuned.vae.parameters(), model.vae.parameters()))
-
-
-def test_reward_has_no_path_to_the_loss_gradient(tmp_path, model):
-    """Rewards reach PPO as plain numbers: advantages and returns carry no autograd graph."""
+    scenes, held_out = [scene(), scene(45)], [scene(30)]
+    whole = finetune(cfg(tmp_path, steps=3, out=str(tmp_path / "whole.pt")), scenes=scenes, eval_scenes=held_out)
     c = cfg(tmp_path)
-    algo, envs = build_ppo(c, BLMModel(TINY), model, [scene(), scene()], make_reward("progress=1"))
-    buffer = VectorReplayBuffer(16, 4)
-    collector = Collector(algo, envs, buffer)
-    collector.reset()
-    with policy_within_training_step(algo.policy):
-        collector.collect(n_step=16)
-    batch, idx = buffer.sample(0)
-    assert isinstance(batch.rew, np.ndarray) and batch.rew.dtype.kind == "f"
-    with policy_within_training_step(algo.policy):
-        pre = algo._preprocess_batch(batch, buffer, idx)
-    assert not pre.adv.requires_grad and pre.adv.grad_fn is None
-    assert not pre.returns.requires_grad and pre.returns.grad_fn is None
-
-
-def test_finetune_logs_checkpoints_and_resumes(tmp_path, model):
-    save_checkpoint(tmp_path / "base.pt", model)
-    c = cfg(tmp_path)
-    path = finetune(c, scenes=[scene(), scene()])
+    path = finetune(c, scenes=scenes, eval_scenes=held_out)
     assert load_checkpoint(path)["step"] == 2
     with pytest.raises(FileExistsError, match="resume"):
-        finetune(c, scenes=[scene(), scene()])
-    finetune(dataclasses.replace(c, steps=3), resume=True, scenes=[scene(), scene()])
-    assert load_checkpoint(path)["step"] == 3
+        finetune(c, scenes=scenes)
+    finetune(dataclasses.replace(c, steps=3), resume=True, scenes=scenes, eval_scenes=held_out)
+    resumed, straight = load_model(path), load_model(whole)
+    assert all(torch.equal(a, b) for a, b in zip(resumed.parameters(), straight.parameters()))
+    assert not all(torch.equal(a, b) for a, b in zip(resumed.denoiser.parameters(), model.denoiser.parameters()))
+    assert all(torch.equal(a, b) for a, b in zip(resumed.vae.parameters(), model.vae.parameters()))
     with open(path.with_suffix(".csv"), newline="") as f:
         rows = list(csv.DictReader(f))
     assert [int(r["iteration"]) for r in rows] == [0, 1, 2]
-    assert all(np.isfinite(float(r[k])) for r in rows for k in ("reward_mean", "kl", "clip_fraction"))
-    load_model(path)  # a plain BLM checkpoint: the closed-loop policy can load it
+    assert all(np.isfinite(float(r[k])) for r in rows for k in ("task_reward", "kl_reward", "eval_failure_rate"))
+    assert path.with_suffix(".png").stat().st_size > 0
 
 
-def test_ego_replays_log_puts_the_logged_ego_in_the_reward_context(model, bank):
-    from blm_gym.rl import decoded_reward_context
-
-    b, sc, t0 = bank.batches[0], bank.scenes[0], bank.steps[0]
-    stay = np.broadcast_to(b.state_world[0, :4].numpy()[:, None, :], (4, 8, 4)).astype(np.float64)
-    ctx = decoded_reward_context(bank, 0, stay, ego_replays_log=True)
-    n = min(9, sc.num_steps - t0)
-    np.testing.assert_allclose(ctx.x[ctx.ego_index, :n], sc.traj.x[sc.ego_index, t0:t0 + n], atol=1e-5)
-    plain = decoded_reward_context(bank, 0, stay)
-    assert np.ptp(plain.x[plain.ego_index]) == 0.0 < np.ptp(ctx.x[ctx.ego_index])  # the plan stayed, the log moves
+def test_problems_too_short_for_the_episode_are_a_clear_error(model):
+    with pytest.raises(ValueError, match="fewer chains"):
+        DenoisingMDP(model, model, [(scene(12), 5)], make_reward("progress=1"), num_chains=2, num_steps=4,
+                     tuned_denoise_steps=2, max_agents=5, replan_every_s=0.5)

@@ -81,6 +81,19 @@ class AgentBatch:
         return self.map(lambda t: t.repeat_interleave(k, dim=0))
 
 
+# what the model reads to plan (the logged future fields are training targets only)
+PLAN_FIELDS = ("hist", "state_scene", "state_world", "extent", "agent_type", "agent_mask", "agent_index", "lanes",
+               "lane_mask", "frame")
+
+
+def plan_inputs(batch: AgentBatch) -> dict[str, np.ndarray]:
+    """The :data:`PLAN_FIELDS` of a one-scene batch as numpy arrays without the batch dim
+    (an observation; ``blm_gym.rl.denoising_mdp.batch_from_obs`` stacks them back)."""
+    if batch.batch_size != 1:
+        raise ValueError(f"plan_inputs: expected a batch of one scene, got {batch.batch_size}")
+    return {k: getattr(batch, k)[0].cpu().numpy() for k in PLAN_FIELDS}
+
+
 def collate(batches: Sequence[AgentBatch]) -> AgentBatch:
     """Concatenate batches along the batch dim; they must share N, H, F, L and P."""
     if not batches:

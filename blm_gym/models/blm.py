@@ -203,7 +203,11 @@ class BLMModel(nn.Module):
         start = batch.state_world if agents is None else batch.state_world[agents]
         if agents is None and latents.dim() == 5:
             start = start[:, None]
+        return actions, self.integrate(actions, start)
+
+    def integrate(self, actions: torch.Tensor, start_world: torch.Tensor) -> torch.Tensor:
+        """World states ``(..., F, 4)`` after each action ``(..., F, 2)`` from world states ``(..., 4)``."""
         # integrate from each agent's own position as the origin (world orientation), then translate:
         # the running sums stay small, so float32 keeps them exact however far the scene is from (0, 0)
-        position = start * start.new_tensor([1.0, 1.0, 0.0, 0.0])
-        return actions, self.rollout(actions, start - position) + position[..., None, :]
+        position = start_world * start_world.new_tensor([1.0, 1.0, 0.0, 0.0])
+        return self.rollout(actions, start_world - position) + position[..., None, :]

@@ -39,10 +39,18 @@ class SceneContext:
     agent_mask: torch.Tensor
     vae_cond: torch.Tensor
 
+    def map(self, fn) -> "SceneContext":
+        """Apply ``fn`` to every tensor."""
+        return SceneContext(*(fn(t) for t in (self.agent_emb, self.map_tokens, self.map_mask, self.agent_mask,
+                                              self.vae_cond)))
+
     def repeat_interleave(self, k: int) -> "SceneContext":
         """Each scene ``k`` times in a row (``B -> B * k``), for K samples per scene."""
-        return SceneContext(*(t.repeat_interleave(k, dim=0) for t in
-                              (self.agent_emb, self.map_tokens, self.map_mask, self.agent_mask, self.vae_cond)))
+        return self.map(lambda t: t.repeat_interleave(k, dim=0))
+
+    def index(self, rows) -> "SceneContext":
+        """Select scenes along the batch dim."""
+        return self.map(lambda t: t[rows])
 
 
 class MapEncoder(nn.Module):

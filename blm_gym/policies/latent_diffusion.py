@@ -15,11 +15,8 @@ the decoded plans; only the vehicles this policy executes are moved. The obstacl
 vehicles' planned futures and, for pedestrians, cyclists and static obstacles (whose motion the
 VAE never learnt), a constant-velocity prediction.
 
-Standstill hold (a real controller's brake hold): an agent that stands (speed below
-``standstill_speed``) and whose plan stays below that speed for the next ``standstill_hold_s``
-brakes to a stop and stays there until the next replan. Latent plans of parked cars carry small
-non-zero accelerations (the denoiser never lands exactly on the "all zero" latent), and replanning
-compounds them into creep; a plan that pulls away is executed as planned.
+What the policy executes of a plan (which vehicles move, pedestrians at constant velocity, the
+standstill hold) is :mod:`blm_gym.models.execution`, shared with guidance and fine-tuning.
 """
 from __future__ import annotations
 
@@ -28,21 +25,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from blm_gym.data.scene import AgentType, Scene, Trajectories
-from blm_gym.models.batch import MAX_LANES, make_agent_batch, road_users
+from blm_gym.data.scene import Scene, Trajectories
+from blm_gym.models.batch import MAX_LANES, AgentBatch, make_agent_batch, road_users
 from blm_gym.models.blm import BLMModel
 from blm_gym.models.checkpoint import load_model
+from blm_gym.models.denoiser import SceneContext
+from blm_gym.models.execution import ExecutionRule, executed_actions, movable_agents, planned_actions
 from blm_gym.models.guidance import DistanceField, GuidanceConfig, PlanCost, make_guide
 from blm_gym.sim.state import Action, SimulatorState
 
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parents[1] / "assets" / "blm_nuscenes.pt"
-
-
-def standstill(speed_now: torch.Tensor, planned_speed: torch.Tensor, threshold: float, hold_steps: int) -> torch.Tensor:
-    """Bool ``(..., N)``: agents slower than ``threshold`` [m/s] now whose planned speed ``(..., N, F)``
-    stays below it for the next ``hold_steps`` steps; the policy holds them still (brake hold)
-    instead of letting sampling noise make parked cars creep. ``threshold`` 0 disables it."""
-    return (speed_now < threshold) & (planned_speed[..., :hold_steps] < threshold).all(-1)
 
 
 class LatentDiffusionPolicy:
@@ -72,8 +64,9 @@ class LatentDiffusionPolicy:
         if max_agents is not None and max_agents < 1:
             raise ValueError(f"max_agents must be >= 1 or None (every valid road user), got {max_agents}")
         self.num_steps, self.eta, self.max_agents = num_steps, eta, max_agents
-        self.standstill_speed, self.max_lanes = standstill_speed, max_lanes
-        self.hold_steps = min(max(int(round(standstill_hold_s / c.dt)), 1), c.future_steps)
+        self.max_lanes = max_lanes
+        self.rule = ExecutionRule(self.replan_steps, standstill_speed,
+                                  min(max(int(round(standstill_hold_s / c.dt)), 1), c.future_steps))
         if candidates < 1:
             raise ValueError(f"candidates must be >= 1 (joint plans sampled per replan), got {candidates}")
         self.candidates, self.guidance = candidates, guidance
@@ -91,7 +84,8 @@ class LatentDiffusionPolicy:
 
     def reset(self, scene: Scene, start_step: int, controlled: np.ndarray, rng: np.random.Generator) -> None:
         h = self.model.config.history_steps
-        if self._field_scene is not scene:  # built once per scene, reused over its samples
+        needs_field = self.guidance.steps > 0 or self.candidates > 1  # the costs guidance and candidates use
+        if needs_field and self._field_scene is not scene:  # built once per scene, reused over its samples
             self._field = DistanceField.from_drivable(scene.road.drivable)
             self._field_scene = scene
         self._scene = scene
@@ -110,28 +104,38 @@ class LatentDiffusionPolicy:
         return Trajectories.from_states(length=sim.length, width=sim.width,
                                         **{k: take(getattr(sim, k)) for k in ("x", "y", "heading", "speed", "valid")})
 
-    @torch.no_grad()
-    def _replan(self, state: SimulatorState) -> None:
+    def plan_inputs(self, state: SimulatorState) -> AgentBatch:
+        """The model inputs of a joint plan from ``state`` (B = 1): the ego and its nearest road users."""
         s = self._scene
-        hist = self._history(state)
         n = self.max_agents or int((road_users(s) & state.valid).sum()) + 1  # + 1: the ego may not be one
-        batch = make_agent_batch(s, state.step, max_agents=n, max_lanes=self.max_lanes, history=hist,
-                                 history_steps=self.model.config.history_steps,
-                                 future_steps=self.model.config.future_steps).to(self.device)
+        return make_agent_batch(s, state.step, max_agents=n, max_lanes=self.max_lanes, history=self._history(state),
+                                history_steps=self.model.config.history_steps,
+                                future_steps=self.model.config.future_steps).to(self.device)
+
+    @torch.no_grad()
+    def execute(self, latents: torch.Tensor, batch: AgentBatch, state: SimulatorState,
+                ctx: SceneContext | None = None) -> None:
+        """Adopt the plan of latents ``(1, N, T', d)`` (of ``batch``) from ``state`` on: the next
+        :meth:`act` calls execute it (:func:`~blm_gym.models.execution.executed_actions`)."""
+        actions = executed_actions(self.model, latents, batch, self.rule, ctx)[0]
         rows = batch.agent_index[0]
         keep = rows >= 0
-        # the vehicles this policy executes: the only plans guidance may move
-        movable = torch.as_tensor(self._controlled & s.is_vehicle, device=self.device)[rows.clamp(min=0)] & keep
+        plan = np.zeros((self._scene.num_agents, self.model.config.future_steps, 2), np.float32)
+        plan[rows[keep].cpu().numpy()] = actions[keep].cpu().numpy()
+        self._plan, self._plan_step = plan, state.step
+
+    @torch.no_grad()
+    def _replan(self, state: SimulatorState) -> None:
+        batch = self.plan_inputs(state)
+        movable = movable_agents(batch, self._controlled)
         k, g = self.candidates, self.guidance
         ctx = self.model.encode_context(batch)
         batch_k, ctx_k, movable_k = batch.repeat_interleave(k), ctx.repeat_interleave(k), movable.expand(k, -1)
-        # the VAE learnt vehicle actions only: pedestrians, cyclists and static obstacles are
-        # predicted at constant velocity (zero actions) as the obstacles guidance steers around
-        walkers = (batch_k.agent_type != AgentType.VEHICLE)[..., None, None]
 
         def decode(x: torch.Tensor, agents: torch.Tensor | None = None, horizon: int | None = g.horizon_steps):
-            actions = self.model.decode_actions(x, batch_k, ctx_k, horizon, agents)
-            return actions if agents is not None else actions.masked_fill(walkers, 0.0)  # (agents: movable vehicles)
+            if agents is None:
+                return planned_actions(self.model, x, batch_k, ctx_k, horizon)
+            return self.model.decode_actions(x, batch_k, ctx_k, horizon, agents)  # agents: movable vehicles only
 
         cost = PlanCost(batch_k, movable_k, self._field, g, self.model.config.dt)
         guide = make_guide(decode, cost, len(self.model.timesteps(self.num_steps)))
@@ -139,18 +143,7 @@ class LatentDiffusionPolicy:
         best = 0
         if k > 1:  # keep the joint plan with the fewest conflicts (the costs look g.horizon_steps ahead)
             best = int(torch.argmin(cost(decode(latents))["total"]))
-        actions, states = self.model.decode(latents[best, None], batch, ctx)  # (1, N, F, 2), (1, N, F, 4)
-        speed_now = batch.state_world[0, :, 3]
-        speed = torch.where(walkers[best, ..., 0], speed_now[:, None], states[0, ..., 3])  # walkers: constant velocity
-        actions = actions[0]
-        hold = standstill(speed_now, speed, self.standstill_speed, self.hold_steps)
-        brake = torch.zeros_like(actions)
-        r = self.replan_steps  # stop gently (a jerk-free 0.5 m/s^2 or so) by the next replan
-        brake[:, :r, 0] = -speed_now[:, None].clamp(min=0) / (r * self.model.config.dt)
-        actions = torch.where(hold[:, None, None], brake, actions)
-        plan = np.zeros((s.num_agents, self.model.config.future_steps, 2), np.float32)
-        plan[rows[keep].cpu().numpy()] = actions[keep].cpu().numpy()
-        self._plan, self._plan_step = plan, state.step
+        self.execute(latents[best, None], batch, state, ctx)
 
     def act(self, state: SimulatorState) -> Action:
         if self._plan is None or not 0 <= state.step - self._plan_step < self.replan_steps:

@@ -1,4 +1,5 @@
-"""Stage 3: the denoising chain as an MDP and Tianshou PPO fine-tuning toward rule-based rewards."""
-from blm_gym.rl.denoising_mdp import DenoisingMDP, SceneBank, decoded_reward_context
+"""Stage 3: the denoising chain as an MDP over closed-loop rollouts and Tianshou PPO fine-tuning."""
+from blm_gym.rl.denoising_mdp import DenoisingMDP, Loop
+from blm_gym.rl.group_env import SceneGroupVectorEnv, chunk_realism
 
-__all__ = ["DenoisingMDP", "SceneBank", "decoded_reward_context"]
+__all__ = ["DenoisingMDP", "Loop", "SceneGroupVectorEnv", "chunk_realism"]

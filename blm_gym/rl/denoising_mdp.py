@@ -1,199 +1,225 @@
-"""The denoising chain as an MDP (BLM stage 3, DDPO/DPPO-style).
+"""The denoising chain as an MDP over closed-loop rollouts (BLM stage 3, DDPO/DPPO-style).
 
-One episode is the last ``K`` DDIM steps of one joint latent plan for one bank entry (a scene
-planned from one log step, :class:`SceneBank`):
+An episode simulates one scene from a logged start step. At each replan the BLM policy builds
+its model inputs from the *simulated* state, and the last ``K`` DDIM steps of its joint latent
+plan are the MDP's steps:
 
-- state: ``(scene index, DDIM step index i, x_{t_i})``, observed as a dict
-  ``{"scene": int, "step": int, "x": (N, T', d) float32}``;
-- action: the next latent ``x_{t_{i+1}}`` ``(N, T', d)`` (what the Gaussian denoising policy samples);
-- reward: 0 until the chain ends, then the reward terms on the decoded plan: the latents are
-  decoded to world states (current state + ``F`` future states of every planned agent) and
-  scored with a :class:`~blm_gym.rewards.RewardTerm` (e.g. ``make_reward("collision=1,offroad=1")``),
-  in numpy, so no gradient can flow through it.
+- observation: ``{"step": i, "chain": c, "x": x_{t_i} (N, T', d), "plan": the model inputs}``
+  (``plan``: the :data:`~blm_gym.models.batch.PLAN_FIELDS` of an AgentBatch, B = 1 squeezed), so
+  the actor needs nothing but the observation and the denoiser can be batched over scenes;
+- action: the next latent ``x_{t_{i+1}}`` ``(N, T', d)`` (the Gaussian denoising policy's sample);
+- reward, every step: the KL penalty to the frozen reference model, as the unbiased per-dim
+  estimate ``-kl_coef * (mean (a - mu_ref)^2 / (2 sigma^2) - 1/2)`` of ``-kl_coef * KL``;
+- reward at the chain's end (also ``info["task_reward"]``, with ``info["chain_end"]``): the plan is executed
+  (:func:`~blm_gym.models.execution.executed_actions`) by the one simulator step
+  (:func:`~blm_gym.sim.state.step`) for the replan interval, the agents the policy does not drive
+  replaying the log, and the reward terms score the states the simulator produced
+  (:meth:`~blm_gym.rewards.terms.RewardContext.from_state`, every road user as simulated). The
+  next chain starts from that state.
 
-The first ``num_steps - K`` DDIM steps are not MDP steps: ``reset`` runs them with ``model``
-without gradient (pass the model being fine-tuned, so the MDP's chain is the one
-``BLMModel.sample`` draws with the saved weights). Several samples per scene come from several
-copies of this env stepping in lockstep: the ``k``-th episode of every copy plans scene
-``k % num_scenes`` (or ``options={"scene": i}``), so advantages can be normalised per scene.
+:class:`Loop` ``open`` is BLM's original set-up: one chain per episode from a logged state,
+the whole plan (``future_steps``) executed before scoring.
+
+The first ``num_steps - K`` DDIM steps are not MDP steps: the env runs them with ``model`` (the
+model being fine-tuned, so the chain is the one the policy samples with the saved weights).
+Terms that need several rollouts of a scene (the leave-one-out realism term) are added by
+:class:`~blm_gym.rl.group_env.SceneGroupVectorEnv` from the ``chunk`` every chain's end reports.
 """
 from __future__ import annotations
 
+import enum
 from typing import Sequence
 
 import gymnasium as gym
 import numpy as np
 import torch
 
-from blm_gym.data.scene import AgentType, Scene
-from blm_gym.models.batch import AgentBatch, collate, make_agent_batch
+from blm_gym.data.scene import Scene
+from blm_gym.models.batch import PLAN_FIELDS, AgentBatch, plan_inputs
 from blm_gym.models.blm import BLMModel
-from blm_gym.models.denoiser import SceneContext
-from blm_gym.policies.latent_diffusion import standstill
+from blm_gym.models.guidance import GuidanceConfig
+from blm_gym.policies.latent_diffusion import LatentDiffusionPolicy
 from blm_gym.rewards.terms import RewardContext, RewardTerm
+from blm_gym.rollout.runner import controlled_mask
+from blm_gym.sim.state import SimulatorState, merge_actions, step
 
 
-class SceneBank:
-    """The fine-tuning planning problems, their model inputs (B = 1 each, padded to ``max_agents``)
-    and the frozen ``reference`` model's scene contexts (computed once, no gradient).
+class Loop(str, enum.Enum):
+    """``closed``: a chain every replan, executed for the replan interval, the next one from the
+    simulated state. ``open``: one chain from a logged state, the whole plan executed (BLM's)."""
 
-    Entry ``k`` plans scene ``scenes[k]`` from log step ``steps[k]``: every scene is planned from
-    every step of ``step`` (an int or several) that it has, so closed-loop-like states along the
-    log are covered (the closed-loop policy replans every second).
-    """
-
-    def __init__(self, scenes: Sequence[Scene], reference: BLMModel, *, step: int | Sequence[int],
-                 max_agents: int = 32, device: str | torch.device = "cpu"):
-        if not scenes:
-            raise ValueError("SceneBank: got no scenes")
-        c = reference.config
-        wanted = [int(step)] if np.ndim(step) == 0 else [int(k) for k in step]
-        short = [s.scene_id for s in scenes if s.num_steps <= min(wanted)]
-        if short:
-            raise ValueError(f"SceneBank: scenes {short} have none of the steps {wanted}; lower the planning steps "
-                             "(start_steps)")
-        pairs = [(s, k) for k in wanted for s in scenes if k < s.num_steps]  # step-major: consecutive entries
-        # (the scenes of one PPO iteration) are different scenes
-        self.scenes = [s for s, _ in pairs]
-        self.steps = [k for _, k in pairs]
-        self.batches = [make_agent_batch(s, k, max_agents=max_agents, history_steps=c.history_steps,
-                                         future_steps=c.future_steps).to(device) for s, k in pairs]
-        with torch.no_grad():
-            self.contexts = [reference.encode_context(b) for b in self.batches]
-
-    def __len__(self) -> int:
-        return len(self.scenes)
-
-    def batch(self, index) -> AgentBatch:
-        """Model inputs of scenes ``index`` (ints), collated."""
-        return collate([self.batches[int(i)] for i in index])
-
-    def reference_context(self, index) -> SceneContext:
-        """The frozen reference model's contexts of scenes ``index`` (ints), concatenated."""
-        parts = [self.contexts[int(i)] for i in index]
-        return SceneContext(*(torch.cat([getattr(p, f) for p in parts]) for f in
-                              ("agent_emb", "map_tokens", "map_mask", "agent_mask", "vae_cond")))
-
-    def agent_mask(self, index) -> torch.Tensor:
-        """``(B, N)`` bool: real (not padded) agents of scenes ``index``."""
-        return torch.cat([self.batches[int(i)].agent_mask for i in index])
+    CLOSED = "closed"
+    OPEN = "open"
 
 
-def decoded_reward_context(bank: SceneBank, scene: int, world_states: np.ndarray,
-                           ego_replays_log: bool = False) -> RewardContext:
-    """Reward context of decoded plans ``(..., N, F, 4)`` (x, y, heading, speed) of scene ``scene``.
-
-    All planned (real, not padded) agents are in the context and the vehicles among them are
-    scored (the closed-loop policy drives vehicles); their current state is prepended, so
-    ``T = F + 1``, step-difference terms (progress, comfort) see the plan's start and
-    ``offroad(from_road=1)`` knows who starts on the road. ``ego_replays_log``: the ego follows
-    its logged track instead of its decoded plan (for objectives about the traffic around an AV
-    under test, such as ``safety_critical``).
-    """
-    b = bank.batches[scene]
-    rows = (b.agent_mask[0] & (b.agent_index[0] >= 0)).cpu().numpy()
-    now = np.broadcast_to(b.state_world[0].cpu().numpy()[rows][:, None, :],
-                          world_states.shape[:-3] + (int(rows.sum()), 1, 4))
-    states = np.concatenate([now, world_states[..., rows, :, :]], axis=-2)
-    idx = b.agent_index[0].cpu().numpy()[rows]
-    sc = bank.scenes[scene]
-    if ego_replays_log and sc.ego_index in idx:  # the AV under test is not the traffic model's to move
-        t0, t = bank.steps[scene], states.shape[-2]
-        log = sc.traj
-        end = min(t0 + t, log.num_steps)
-        logged = np.stack([a[sc.ego_index, t0:end] for a in (log.x, log.y, log.heading, log.speed)], -1)
-        logged = np.concatenate([logged, np.repeat(logged[-1:], t - len(logged), axis=0)])  # hold past the log end
-        states = states.copy()
-        states[..., int(np.flatnonzero(idx == sc.ego_index)[0]), :, :] = logged
-    return RewardContext.from_scene(sc, *np.moveaxis(states, -1, 0), valid=np.ones(states.shape[:-1], bool),
-                                    controlled=sc.agent_type[idx] == AgentType.VEHICLE, agent_index=idx)
+def masked_dim_mean(values: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+    """Mean of ``values`` ``(B, N, T', d)`` over the agents where ``real`` ``(B, N)``: ``(B,)``."""
+    w = real.to(values.dtype)[..., None, None].expand_as(values)
+    return (values * w).sum((1, 2, 3)) / w.sum((1, 2, 3)).clamp(min=1)
 
 
 class DenoisingMDP(gym.Env):
-    """One episode = the last ``tuned_denoise_steps`` DDIM steps of one plan; see the module docstring.
+    """Episodes of closed-loop (or open-loop) denoising chains; see the module docstring.
 
-    ``model`` runs the frozen prefix steps and decodes the final latents (no gradient);
-    ``reward`` scores the decoded plan as the closed-loop policy would execute it (agents under
-    its standstill hold stay at their current pose; ``standstill_speed=0`` scores the raw plan); ``eta`` is the DDIM stochasticity of the prefix steps.
-    ``seed`` seeds the env's noise once (resets without a seed continue the stream; a seeded
-    reset also restarts the scene cycle at ``first_episode``, which offsets it for resumed runs).
+    ``problems``: ``(scene, start step)`` pairs; episode ``e`` plays problem
+    ``(offset + e * stride) % len(problems)`` (lockstep copies with equal ``offset`` play the same
+    scene: :class:`~blm_gym.rl.group_env.SceneGroupVectorEnv`). Every problem must leave
+    ``num_chains * replan_steps`` logged steps after its start (closed loop), so all episodes
+    have the same length. ``controlled``: who the policy drives (``all_vehicles``, or ``non_ego``:
+    the ego replays its log, for objectives about the traffic around an AV under test).
+    ``seed``: each episode's noise comes from ``default_rng([seed, episode])``, so a run resumed
+    at episode ``first_episode`` draws what the uninterrupted run drew (``reset(seed=s)``
+    restarts the sequence at ``first_episode`` under seed ``s``; ``reset(options={"episode": e})``
+    plays episode ``e``).
     """
 
     metadata = {"render_modes": []}
 
-    def __init__(self, model: BLMModel, bank: SceneBank, reward: RewardTerm, *, num_steps: int = 10,
-                 tuned_denoise_steps: int = 2, eta: float = 1.0, seed: int | None = None, first_episode: int = 0,
-                 standstill_speed: float = 0.5, standstill_hold_s: float = 2.0, ego_replays_log: bool = False):
+    def __init__(self, model: BLMModel, reference: BLMModel, problems: Sequence[tuple[Scene, int]],
+                 reward: RewardTerm, *, loop: Loop | str = Loop.CLOSED, num_chains: int = 8, num_steps: int = 5,
+                 tuned_denoise_steps: int = 5, eta: float = 0.0, std_floor: float = 0.3, kl_coef: float = 0.01,
+                 max_agents: int = 32, replan_every_s: float = 1.0, controlled: str = "all_vehicles",
+                 seed: int = 0, offset: int = 0, stride: int = 1, first_episode: int = 0):
         if not 1 <= tuned_denoise_steps <= num_steps:
             raise ValueError(f"DenoisingMDP: tuned_denoise_steps must be in [1, num_steps={num_steps}], "
                              f"got {tuned_denoise_steps}")
-        self.model, self.bank, self.reward = model, bank, reward
-        self.num_steps, self.tuned_denoise_steps, self.eta = num_steps, tuned_denoise_steps, float(eta)
-        # the closed-loop policy's standstill hold (LatentDiffusionPolicy), applied to scored plans
-        self.standstill_speed = standstill_speed
-        self.ego_replays_log = ego_replays_log
-        self.hold_steps = max(int(round(standstill_hold_s / model.config.dt)), 1)
-        self.timesteps = model.timesteps(num_steps)
+        if std_floor <= 0:
+            raise ValueError(f"DenoisingMDP: std_floor must be > 0 (the last DDIM step has std 0), got {std_floor}")
+        if not problems:
+            raise ValueError("DenoisingMDP: got no (scene, start step) problems")
+        self.loop = Loop(loop)
         c = model.config
-        shape = (bank.batches[0].num_agents, c.latent_steps, c.latent_dim)
-        self.latent_space = gym.spaces.Box(-np.inf, np.inf, shape, np.float32)
+        plan_s = c.future_steps * c.dt
+        self.num_chains = 1 if self.loop is Loop.OPEN else int(num_chains)
+        self.policy = LatentDiffusionPolicy(model, replan_every_s=plan_s if self.loop is Loop.OPEN else replan_every_s,
+                                            num_steps=num_steps, eta=eta, max_agents=max_agents,
+                                            guidance=GuidanceConfig(steps=0))
+        self.replan_steps = self.policy.replan_steps
+        need = self.num_chains * self.replan_steps if self.loop is Loop.CLOSED else 1
+        short = [f"{s.scene_id}@{t}" for s, t in problems if t + need >= s.num_steps]
+        if short:
+            raise ValueError(f"DenoisingMDP: problems {short[:5]} leave fewer than {need} logged steps after their "
+                             "start; use earlier start steps or fewer chains (num_chains)")
+        self.model, self.reference = model, reference.requires_grad_(False).eval()
+        self.problems, self.reward, self.controlled = list(problems), reward, controlled
+        self.num_steps, self.tuned_denoise_steps = num_steps, tuned_denoise_steps
+        self.eta, self.std_floor, self.kl_coef = float(eta), float(std_floor), float(kl_coef)
+        self.timesteps = model.timesteps(num_steps)
+        self.seed, self.offset, self.stride = int(seed), int(offset), int(stride)
+        self._first_episode = self._episode = int(first_episode)
+        probe = self.policy
+        probe.reset(problems[0][0], problems[0][1], controlled_mask(problems[0][0], controlled),
+                    np.random.default_rng(0))
+        fields = plan_inputs(probe.plan_inputs(SimulatorState.from_log(*problems[0])))
+        if fields["agent_mask"].shape[0] != max_agents:
+            raise ValueError("DenoisingMDP: max_agents must be an int (plans are padded to it)")
+        self.latent_space = gym.spaces.Box(-np.inf, np.inf, (max_agents, c.latent_steps, c.latent_dim), np.float32)
         self.observation_space = gym.spaces.Dict({
-            "scene": gym.spaces.Discrete(len(bank)), "step": gym.spaces.Discrete(num_steps + 1),
+            "step": gym.spaces.Discrete(num_steps + 1), "chain": gym.spaces.Discrete(self.num_chains + 1),
             "x": self.latent_space,
+            "plan": gym.spaces.Dict({k: gym.spaces.Box(-np.inf, np.inf, v.shape, v.dtype) if v.dtype.kind == "f"
+                                     else gym.spaces.Box(np.iinfo(np.int64).min if v.dtype.kind == "i" else 0,
+                                                         np.iinfo(np.int64).max if v.dtype.kind == "i" else 1,
+                                                         v.shape, v.dtype)
+                                     for k, v in fields.items()}),
         })
         self.action_space = self.latent_space
-        self._first_episode = self._episode = first_episode
-        if seed is not None:
-            self._np_random, self._np_random_seed = gym.utils.seeding.np_random(seed)
 
     @property
     def device(self) -> torch.device:
-        return self.bank.batches[0].hist.device
+        return self.policy.device
+
+    @property
+    def num_mdp_steps(self) -> int:
+        """MDP steps per episode (every episode has the same length)."""
+        return self.num_chains * self.tuned_denoise_steps
+
+    def problem_of(self, episode: int) -> int:
+        return (self.offset + episode * self.stride) % len(self.problems)
 
     def _noise(self, shape) -> torch.Tensor:
-        return torch.as_tensor(self.np_random.standard_normal(shape, dtype=np.float32), device=self.device)
+        return torch.as_tensor(self._rng.standard_normal(shape, dtype=np.float32), device=self.device)
 
     def _obs(self) -> dict:
-        return {"scene": self._scene, "step": self._i, "x": self._x[0].cpu().numpy()}
+        return {"step": self._i, "chain": self._chain, "x": self._x[0].cpu().numpy(),
+                "plan": {k: v.copy() for k, v in self._fields.items()}}  # fresh arrays: users may keep them
 
-    def reset(self, *, seed=None, options=None):
-        super().reset(seed=seed)
-        if seed is not None:  # a seeded reset restarts the scene cycle too
-            self._episode = self._first_episode
-        scene = (options or {}).get("scene")
-        self._scene = int(scene) if scene is not None else self._episode % len(self.bank)
-        if not 0 <= self._scene < len(self.bank):
-            raise ValueError(f"DenoisingMDP.reset: scene {self._scene} outside [0, {len(self.bank)})")
-        self._episode += 1
+    @torch.no_grad()
+    def _begin_chain(self) -> None:
+        """Model inputs from the simulated state, then the chain's prefix (the non-MDP DDIM steps)."""
+        self._batch = self.policy.plan_inputs(self._state)
+        self._fields = plan_inputs(self._batch)
+        self._ref_ctx = self.reference.encode_context(self._batch)
         x = self._noise((1,) + self.latent_space.shape)
         self._i = self.num_steps - self.tuned_denoise_steps
         if self._i > 0:
-            with torch.no_grad():
-                ctx = self.model.encode_context(self.bank.batches[self._scene])
-                for i in range(self._i):
-                    mean, std = self.model.denoise_mean_std(x, i, ctx, self.timesteps, self.eta)
-                    x = mean + std * self._noise(x.shape)
+            ctx = self.model.encode_context(self._batch)
+            for i in range(self._i):
+                mean, std = self.model.denoise_mean_std(x, i, ctx, self.timesteps, self.eta)
+                x = mean + std * self._noise(x.shape)
         self._x = x
-        return self._obs(), {"scene_id": self.bank.scenes[self._scene].scene_id}
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        if seed is not None:  # a seeded reset restarts the episode sequence under that seed
+            self.seed, self._episode = int(seed), self._first_episode
+        if options and "episode" in options:  # play episode number ``options["episode"]``
+            self._episode = int(options["episode"])
+        self._problem = self.problem_of(self._episode)
+        self._rng = np.random.default_rng([self.seed, self._episode])
+        self._episode += 1
+        scene, start = self.problems[self._problem]
+        self._controlled = controlled_mask(scene, self.controlled)
+        self._state = SimulatorState.from_log(scene, start)
+        self.policy.reset(scene, start, self._controlled, self._rng)
+        self._chain = 0
+        self._begin_chain()
+        return self._obs(), {"scene_id": scene.scene_id, "problem": self._problem}
+
+    @torch.no_grad()
+    def kl_reward(self, action: torch.Tensor) -> float:
+        """``-kl_coef`` times the per-dim estimate of KL(policy || reference) at this step."""
+        mean, std = self.reference.denoise_mean_std(self._x, self._i, self._ref_ctx, self.timesteps, self.eta)
+        z2 = (action - mean).pow(2) / (2 * std.clamp(min=self.std_floor).pow(2))
+        return -self.kl_coef * (float(masked_dim_mean(z2, self._batch.agent_mask)) - 0.5)
 
     def step(self, action):
         x = np.asarray(action, np.float32)
         if x.shape != self.latent_space.shape:
             raise ValueError(f"DenoisingMDP.step: action must be a latent {self.latent_space.shape}, got {x.shape}")
-        self._x = torch.as_tensor(x, device=self.device)[None]
-        self._i += 1
+        a = torch.as_tensor(x, device=self.device)[None]
+        reward = self.kl_reward(a)
+        self._x, self._i = a, self._i + 1
+        info = {"kl_reward": reward, "task_reward": 0.0, "chain_end": False, "problem": self._problem}
         if self._i < self.num_steps:
-            return self._obs(), 0.0, False, False, {}
-        batch = self.bank.batches[self._scene]
-        with torch.no_grad():
-            _, world = self.model.decode(self._x, batch)
-            if self.standstill_speed > 0:  # score what the closed-loop policy executes: held agents stay put
-                now = batch.state_world[:, :, None, :] * torch.tensor([1.0, 1.0, 1.0, 0.0])
-                hold = standstill(batch.state_world[..., 3], world[..., 3], self.standstill_speed, self.hold_steps)
-                world = torch.where(hold[..., None, None], now.expand_as(world), world)
-        ctx = decoded_reward_context(self.bank, self._scene, world[0].cpu().numpy().astype(np.float64),
-                                     self.ego_replays_log)
-        reward = float(self.reward(ctx))
-        values = getattr(self.reward, "values", None)
-        info = {"reward_terms": {k: float(v) for k, v in values(ctx).items()}} if values else {}
-        return self._obs(), reward, True, False, info
+            return self._obs(), reward, False, False, info
+        info["chunk"], info["task_reward"] = self._execute()
+        info["chain_end"] = True
+        self._chain += 1
+        done = self._chain == self.num_chains
+        if not done:
+            self._begin_chain()
+        return self._obs(), reward + info["task_reward"], done, False, info
+
+    def _execute(self) -> tuple[dict, float]:
+        """Execute the chain's plan in the simulator; the reward terms on the states it produced."""
+        state = self._state
+        self.policy.execute(self._x, self._batch, state)
+        t0 = state.current_step
+        steps = min(self.replan_steps, state.log.num_steps - 1 - t0)
+        for _ in range(steps):
+            state = step(state, merge_actions(state.scene.num_agents, (self.policy.act(state), self._controlled)))
+        self._state = state
+        ctx = RewardContext.from_state(state, controlled=self._controlled, window=steps + 1)
+        sel = slice(t0, state.current_step + 1)
+        chunk = {"start": t0, **{k: getattr(state.sim, k)[:, sel] for k in ("x", "y", "heading", "valid")}}
+        return chunk, float(self.reward(ctx))
+
+
+def batch_from_obs(plan, future_steps: int, device: torch.device | str = "cpu") -> AgentBatch:
+    """The :class:`AgentBatch` ``(B, N)`` of stacked ``plan`` observations (no logged future:
+    the future fields are zeros)."""
+    t = {k: torch.as_tensor(np.asarray(plan[k]), device=device) for k in PLAN_FIELDS}
+    b, n = t["agent_mask"].shape
+    zeros = lambda *s, dtype=torch.float32: torch.zeros((b, n, future_steps) + s, dtype=dtype, device=device)  # noqa: E731
+    return AgentBatch(**t, fut_actions=zeros(2), fut_states=zeros(4), fut_valid=zeros(dtype=torch.bool))

@@ -1,27 +1,26 @@
 """PPO fine-tuning of the BLM latent diffusion model toward rule-based rewards (Tianshou 2.0).
 
-Actor: the denoiser's Gaussian DDIM step ``N(mu_theta(x_t, i, ctx), sigma_i^2)`` over the whole
-joint latent, with ``sigma_i`` from the schedule floored at ``std_floor`` (the last DDIM step is
-deterministic, std 0: its log-prob is undefined, so it is never taken unfloored). With ``eta = 0``
-(the closed-loop policy's deterministic DDIM) the chain's prefix is the policy's exact sampler and
-the floor is the exploration noise of the fine-tuned steps; evaluation takes the mean.
+Tianshou's own :class:`~tianshou.algorithm.PPO`, unchanged, over the denoising-step MDP of
+:mod:`blm_gym.rl.denoising_mdp` (closed loop by default):
 
-Log-probs are the *per-dimension mean* over the real agents' latent dims (DDPO): a sum over
-~800 dims makes every ratio leave any clip range after one update. Padded agents get mean 0 and
-std 1 and are masked out of log-probs and the KL.
+- **actor** (:class:`DenoisingActor`): the denoiser's Gaussian DDIM step
+  ``N(mu_theta(x_t, i, ctx), sigma_i^2)`` over the joint latent, ``sigma_i`` from the schedule
+  floored at ``std_floor`` (the last DDIM step is deterministic, std 0). ``ctx`` is encoded from
+  the observation's model inputs by the model being tuned, batched over every env (scene) of the
+  step. With ``eta = 0`` (the closed-loop policy's DDIM) the chain's mean is the policy's exact
+  sampler and the floor is the exploration noise; evaluation takes the mean. Log-probs are the
+  *per-dimension mean* over the real agents' latent dims (DDPO): a sum over ~800 dims makes every
+  ratio leave any clip range after one update.
+- **critic** (:class:`ChainCritic`): a small MLP on the chain's position (DDIM step, chain
+  index) and summaries of ``x_t`` and the scene; GAE over the episode's chains uses it.
+- **rewards**: the reward terms on what each chain executed, the KL penalty to the frozen model
+  (every step), and, from the K copies of each scene stepping in lockstep
+  (:class:`~blm_gym.rl.group_env.SceneGroupVectorEnv`), the leave-one-out realism term and the
+  leave-one-out baseline.
 
-Critic: a small MLP on (pooled frozen scene context, step ``i``, pooled ``x_t``); it is trained
-and logged but, as in DDPO, the advantage is the final reward normalised over the samples of
-the same plan (bank entry) and DDIM step: with 8-16 samples that beats a learned baseline.
-
-Loss per minibatch (:class:`DiffusionPPO`, a subclass of ``tianshou.algorithm.PPO``): the
-clipped surrogate, the critic's squared error, and a KL penalty to the frozen pretrained
-model, closed form per step for Gaussians of equal std, averaged like the log-probs:
-``KL = mean ||mu_theta - mu_ref||^2 / (2 sigma^2)``.
-
-:func:`finetune` runs it: Tianshou collects ``samples_per_scene`` lockstep copies of the
-:class:`~blm_gym.rl.denoising_mdp.DenoisingMDP` (so every scene gets that many samples per
-iteration), updates, logs a CSV row and writes an atomic BLM checkpoint each iteration.
+:func:`finetune` runs it: each iteration every env plays one episode, PPO updates, a CSV row is
+logged, an atomic checkpoint written; every ``eval_every`` iterations the unguided policy is
+rolled out closed loop on a fixed set of held-out scenes (the learning curve, CSV and PNG).
 """
 from __future__ import annotations
 
@@ -30,7 +29,7 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import cast
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -38,62 +37,29 @@ from torch import nn
 from torch.distributions import Independent, Normal
 from tqdm import tqdm
 
-from blm_gym.config import config_to_dict
 from blm_gym.atomic_files import atomic_path
+from blm_gym.config import config_to_dict
+from blm_gym.data.scene import Scene
 from blm_gym.models.blm import BLMModel
 from blm_gym.models.checkpoint import load_checkpoint, load_model, restore_model, save_checkpoint
-from blm_gym.rewards.terms import RewardTerm, make_reward
-from blm_gym.rl.denoising_mdp import DenoisingMDP, SceneBank
+from blm_gym.rewards.terms import make_reward
+from blm_gym.rl.denoising_mdp import DenoisingMDP, Loop, batch_from_obs, masked_dim_mean
+from blm_gym.rl.group_env import SceneGroupVectorEnv
 from tianshou.algorithm import PPO
-from tianshou.algorithm.modelfree.a2c import A2CTrainingStats
 from tianshou.algorithm.modelfree.reinforce import ProbabilisticActorPolicy
 from tianshou.algorithm.optim import AdamOptimizerFactory
-from tianshou.data import Collector, ReplayBuffer, SequenceSummaryStats, VectorReplayBuffer
-from tianshou.env import DummyVectorEnv
+from tianshou.data import Collector, VectorReplayBuffer
 from tianshou.utils.torch_utils import policy_within_training_step, torch_train_mode
 
 
 # ---- actor and critic -------------------------------------------------------------------------
-
-def gaussian_step(model: BLMModel, bank: SceneBank, obs, timesteps: torch.Tensor, eta: float, std_floor: float,
-                  frozen_context: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Mean and floored std ``(B, N, T', d)`` of the policy's next latent for observations ``obs``,
-    and the real-agent mask as floats of the same shape (Tianshou stacks the three).
-
-    ``obs`` has ``scene`` ``(B,)``, ``step`` ``(B,)`` and ``x`` ``(B, N, T', d)``. Rows are grouped by
-    DDIM step (the model takes one step index per call). ``frozen_context`` uses the bank's
-    cached reference contexts instead of encoding with ``model``.
-    """
-    device = bank.batches[0].hist.device
-    scene = torch.as_tensor(np.asarray(obs.scene), device=device).long().reshape(-1)
-    step = torch.as_tensor(np.asarray(obs.step), device=device).long().reshape(-1)
-    x = torch.as_tensor(np.asarray(obs.x), dtype=torch.float32, device=device)
-    means, stds, order = [], [], []
-    for i in step.unique().tolist():
-        rows = torch.nonzero(step == i).reshape(-1)
-        idx = scene[rows].tolist()
-        ctx = bank.reference_context(idx) if frozen_context else model.encode_context(bank.batch(idx))
-        m, s = model.denoise_mean_std(x[rows], i, ctx, timesteps, eta)
-        means.append(m)
-        stds.append(s)
-        order.append(rows)
-    inverse = torch.argsort(torch.cat(order))
-    mean, std = torch.cat(means)[inverse], torch.cat(stds)[inverse]
-    real = bank.agent_mask(scene.tolist())[:, :, None, None]
-    return torch.where(real, mean, 0.0), torch.where(real, std.clamp(min=std_floor), 1.0), real.expand_as(mean).float()
-
-
-def masked_dim_mean(values: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
-    """Mean of ``values`` ``(B, N, T', d)`` over the dims where ``real`` (0/1, same shape): ``(B,)``."""
-    return (values * real).sum((1, 2, 3)) / real.sum((1, 2, 3)).clamp(min=1)
-
 
 class LatentGaussian(Independent):
     """Diagonal Gaussian over latents ``(B, N, T', d)``; ``log_prob`` is the mean per real-agent dim ``(B,)``."""
 
     def __init__(self, loc: torch.Tensor, scale: torch.Tensor, real: torch.Tensor):
         super().__init__(Normal(loc, scale), 3)
-        self.real = real
+        self.real = real[:, :, 0, 0] > 0  # (B, N) from the actor's (B, N, T', d) 0/1 mask
 
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:
         return masked_dim_mean(self.base_dist.log_prob(value), self.real)
@@ -104,124 +70,52 @@ def latent_gaussian(params: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> 
     return LatentGaussian(*params)
 
 
-class DiffusionActor(nn.Module):
-    """Tianshou actor: ``obs -> ((mean, std, real), None)`` of the denoising step of ``model``."""
+class DenoisingActor(nn.Module):
+    """Tianshou actor: ``obs -> ((mean, std, real), None)``, the DDIM step of ``model`` for every row;
+    ``real`` marks the real agents' dims with 1.0 (``mean``'s shape: Tianshou stacks the three)."""
 
-    def __init__(self, model: BLMModel, bank: SceneBank, num_steps: int, eta: float, std_floor: float):
+    def __init__(self, model: BLMModel, num_steps: int, eta: float, std_floor: float):
         super().__init__()
         if std_floor <= 0:
             raise ValueError(f"std_floor must be > 0 (the last DDIM step has std 0), got {std_floor}")
-        self.model, self.bank = model, bank
+        self.model = model
         self.timesteps, self.eta, self.std_floor = model.timesteps(num_steps), float(eta), float(std_floor)
 
     def forward(self, obs, state=None, info=None):
-        return gaussian_step(self.model, self.bank, obs, self.timesteps, self.eta, self.std_floor), state
+        device = next(self.model.parameters()).device
+        batch = batch_from_obs(obs.plan, self.model.config.future_steps, device)
+        x = torch.as_tensor(np.asarray(obs.x), dtype=torch.float32, device=device)
+        step = torch.as_tensor(np.asarray(obs.step), device=device).long().reshape(-1)
+        ctx = self.model.encode_context(batch)  # once for the whole batch of scenes
+        mean, std = torch.empty_like(x), torch.empty_like(x)
+        for i in step.unique().tolist():  # the model takes one DDIM step index per call
+            rows = torch.nonzero(step == i).reshape(-1)
+            mean[rows], std[rows] = self.model.denoise_mean_std(x[rows], i, ctx.index(rows), self.timesteps, self.eta)
+        r = batch.agent_mask[..., None, None].expand_as(mean)
+        return (torch.where(r, mean, 0.0), torch.where(r, std.clamp(min=self.std_floor), 1.0), r.float()), state
 
 
-class LatentCritic(nn.Module):
-    """Value of a denoising state: MLP on [pooled reference agent context, i / num_steps,
-    per-channel mean and RMS of ``x_t`` over real agents and latent steps]."""
+class ChainCritic(nn.Module):
+    """Value of a denoising state: MLP on [DDIM step / steps, chain / chains, per-channel mean and
+    RMS of ``x_t`` over real agents, mean speed (m/s / 10) and share of real agents]."""
 
-    def __init__(self, bank: SceneBank, num_steps: int, latent_dim: int, hidden: int = 64):
+    def __init__(self, num_steps: int, num_chains: int, latent_dim: int, hidden: int = 64):
         super().__init__()
-        self.bank, self.num_steps = bank, num_steps
-        ctx = bank.contexts[0]
-        self.net = nn.Sequential(nn.Linear(ctx.agent_emb.shape[-1] + 1 + 2 * latent_dim, hidden), nn.Tanh(),
-                                 nn.Linear(hidden, hidden), nn.Tanh(), nn.Linear(hidden, 1))
+        self.num_steps, self.num_chains = num_steps, num_chains
+        self.net = nn.Sequential(nn.Linear(4 + 2 * latent_dim, hidden), nn.Tanh(), nn.Linear(hidden, hidden),
+                                 nn.Tanh(), nn.Linear(hidden, 1))
 
     def forward(self, obs, state=None, info=None) -> torch.Tensor:
-        device = self.bank.batches[0].hist.device
-        scene = np.asarray(obs.scene).reshape(-1).tolist()
-        ctx = self.bank.reference_context(scene)
-        mask = ctx.agent_mask.float()[..., None]  # (B, N, 1)
-        count = mask.sum(1).clamp(min=1)
-        pooled_ctx = (ctx.agent_emb * mask).sum(1) / count
-        x = torch.as_tensor(np.asarray(obs.x), dtype=torch.float32, device=device)  # (B, N, T', d)
-        xm = (x * mask[..., None]).sum((1, 2)) / (count * x.shape[2])
-        xs = ((x.pow(2) * mask[..., None]).sum((1, 2)) / (count * x.shape[2])).sqrt()
-        step = torch.as_tensor(np.asarray(obs.step), dtype=torch.float32, device=device).reshape(-1, 1)
-        return self.net(torch.cat([pooled_ctx, step / self.num_steps, xm, xs], -1))
-
-
-# ---- the algorithm ----------------------------------------------------------------------------
-
-@dataclass(kw_only=True)
-class DiffusionPPOStats(A2CTrainingStats):
-    kl: SequenceSummaryStats  # per-sample KL to the reference, mean per real latent dim
-    clip_fraction: SequenceSummaryStats  # share of samples whose ratio left [1 - clip, 1 + clip]
-    initial_ratio_error: float  # max |ratio - 1| on the update's first minibatch (0 up to round-off)
-    initial_kl: float  # KL on the update's first minibatch
-
-
-class DiffusionPPO(PPO):
-    """Tianshou PPO plus a closed-form KL penalty to ``reference`` and per-scene advantages.
-
-    ``reference``: the frozen pretrained model; ``kl_coef`` weights the KL in the loss. Other
-    arguments are :class:`tianshou.algorithm.PPO`'s (the advantage is the return normalised per
-    (bank entry, step), replacing ``advantage_normalization`` and the critic's baseline).
-    """
-
-    def __init__(self, *, reference: BLMModel, kl_coef: float, **kwargs):
-        kwargs.setdefault("ent_coef", 0.0)  # the std is fixed by the schedule: entropy has no gradient
-        super().__init__(advantage_normalization=False, gamma=1.0, gae_lambda=1.0, **kwargs)
-        self.reference = reference.requires_grad_(False).eval()
-        self.kl_coef = float(kl_coef)
-
-    @property
-    def actor(self) -> DiffusionActor:
-        return cast(DiffusionActor, self.policy.actor)
-
-    def _preprocess_batch(self, batch, buffer: ReplayBuffer, indices: np.ndarray):
-        batch = super()._preprocess_batch(batch, buffer, indices)
-        a = self.actor
-        with torch.no_grad():
-            ref = [gaussian_step(self.reference, a.bank, mb.obs, a.timesteps, a.eta, a.std_floor, frozen_context=True)[0]
-                   for mb in batch.split(self.max_batchsize, shuffle=False, merge_last=True)]
-        batch.mu_ref = torch.cat(ref)
-        batch.adv = normalise_per_group(batch.returns, np.asarray(batch.obs.scene), np.asarray(batch.obs.step))
-        return batch
-
-    def _update_with_batch(self, batch, batch_size: int | None, repeat: int) -> DiffusionPPOStats:
-        losses, clip_losses, vf_losses, kls, clip_fracs = [], [], [], [], []
-        first_ratio_err = first_kl = None
-        for _ in range(repeat):
-            for mb in batch.split(batch_size or -1, merge_last=True):
-                dist = self.policy(mb).dist
-                ratio = (dist.log_prob(mb.act) - mb.logp_old).exp()
-                surrogate = torch.min(ratio * mb.adv, ratio.clamp(1 - self.eps_clip, 1 + self.eps_clip) * mb.adv)
-                clip_loss = -surrogate.mean()
-                var = dist.base_dist.scale.pow(2)
-                kl = masked_dim_mean((dist.base_dist.loc - mb.mu_ref).pow(2) / (2 * var), dist.real).mean()
-                vf_loss = (mb.returns - self.critic(mb.obs).flatten()).pow(2).mean()
-                loss = clip_loss + self.vf_coef * vf_loss + self.kl_coef * kl
-                if first_ratio_err is None:
-                    first_ratio_err, first_kl = (ratio - 1).abs().max().item(), kl.item()
-                self.optim.step(loss)
-                losses.append(loss.item())
-                clip_losses.append(clip_loss.item())
-                vf_losses.append(vf_loss.item())
-                kls.append(kl.item())
-                clip_fracs.append(float(((ratio - 1).abs() > self.eps_clip).float().mean()))
-        stats = SequenceSummaryStats.from_sequence
-        return DiffusionPPOStats(
-            loss=stats(losses), actor_loss=stats(clip_losses), vf_loss=stats(vf_losses), ent_loss=stats([0.0]),
-            gradient_steps=len(losses), kl=stats(kls), clip_fraction=stats(clip_fracs),
-            initial_ratio_error=first_ratio_err, initial_kl=first_kl,
-        )
-
-
-def normalise_per_group(adv: torch.Tensor, *keys: np.ndarray, eps: float = 1e-8) -> torch.Tensor:
-    """``(adv - mean_g) / (std_g + eps)`` within groups of equal ``keys`` (e.g. scene and step).
-
-    A group of one sample gets advantage 0 (nothing to compare it with).
-    """
-    _, group = np.unique(np.stack([np.asarray(k).reshape(-1) for k in keys], 1), axis=0, return_inverse=True)
-    g = torch.as_tensor(group.reshape(-1), device=adv.device)
-    count = torch.bincount(g).to(adv.dtype)
-    mean = torch.zeros_like(count).index_add_(0, g, adv) / count
-    centred = adv - mean[g]
-    std = (torch.zeros_like(count).index_add_(0, g, centred.pow(2)) / count).sqrt()
-    return centred / (std[g] + eps)
+        device = self.net[0].weight.device
+        f = lambda a, dtype=torch.float32: torch.as_tensor(np.asarray(a), dtype=dtype, device=device)  # noqa: E731
+        x, real = f(obs.x), f(obs.plan["agent_mask"], torch.bool)
+        w = real.float()[..., None, None].expand_as(x)
+        count = w.sum((1, 2)).clamp(min=1)
+        xm, xs = (x * w).sum((1, 2)) / count, ((x.pow(2) * w).sum((1, 2)) / count).sqrt()
+        speed = (f(obs.plan["state_world"])[..., 3] * real).sum(1) / real.sum(1).clamp(min=1)
+        pos = torch.stack([f(obs.step) / self.num_steps, f(obs.chain) / self.num_chains, speed / 10,
+                           real.float().mean(1)], -1)
+        return self.net(torch.cat([pos, xm, xs], -1))
 
 
 # ---- the trainer ------------------------------------------------------------------------------
@@ -231,73 +125,163 @@ class FinetuneConfig:
     """PPO fine-tuning of a BLM checkpoint (``blm-gym finetune``)."""
 
     checkpoint: str = "runs/blm/diffusion.pt"  # pretrained BLM model (stages 1 + 2)
-    reward: str = "collision=1,offroad(from_road=1)=1"  # make_reward spec (offroad: vehicles leaving the road)
-    env: str = "BLM-Synthetic-v0"  # env id whose scene source provides the scenes
-    data_dir: str | None = None  # data folder for real-data env ids
-    scene_ids: tuple[str, ...] | None = None  # subset of scenes (default: all)
-    max_scenes: int = 8  # at most this many scenes (the first ones)
-    start_steps: tuple[int, ...] = (30, 50, 70, 90, 110, 130)  # log steps every scene is planned from
+    reward: str = "collision=1,offroad(from_road=1)=1"  # make_reward spec, scored on what each chain executed
+    sources: tuple[str, ...] = ()  # training scenes: "<kind>:<data_dir>" entries, the train split of each
+    env: str = "BLM-Synthetic-v0"  # without sources: the train split of this env id's source
+    data_dir: str | None = None  # data folder for a real-data env id
+    scene_ids: tuple[str, ...] | None = None  # subset of the env id's scenes (instead of its train split)
+    max_scenes: int = 400  # at most this many training scenes per source (the first ones)
+    start_steps: tuple[int, ...] = (10, 30, 50)  # log steps episodes start from (those leaving room for the episode)
+    eval_sources: tuple[str, ...] = ()  # learning-curve scenes: "<kind>:<data_dir>", held-out split of each
+    eval_max_scenes: int = 4  # per eval source (the first ones of its held-out split)
+    eval_every: int = 5  # iterations between evaluations (and after the last)
+    eval_samples: int = 2  # closed-loop samples per held-out scene
+    eval_start_step: int = 30  # log step the evaluation episodes start from
+    eval_horizon_s: float = 8.0
 
+    loop: Loop = Loop.CLOSED  # closed: chains every replan from simulated states; open: BLM's one plan
+    num_chains: int = 8  # closed loop: plans per episode (8 s at the 1 s replan)
+    replan_every_s: float = 1.0  # the closed-loop policy's replan interval
     max_agents: int = 32  # agents planned jointly per scene
-    ego_replays_log: bool = False  # score plans with the ego on its logged track (safety-critical traffic)
-    steps: int = 30  # PPO iterations (collect + update); ~3 min on 2 CPU cores with these defaults
-    samples_per_scene: int = 16  # parallel chains per plan (advantages are normalised over them)
-    scenes_per_step: int = 4  # plans (bank entries: scene x start step) collected per iteration
+    controlled: str = "all_vehicles"  # all_vehicles | non_ego (the ego replays its log: an AV under test)
+    steps: int = 30  # PPO iterations (each env plays one episode, then one update)
+    samples_per_scene: int = 4  # K lockstep copies per scene (the leave-one-out terms compare them)
+    scenes_per_step: int = 4  # scenes (groups of K copies) per iteration
     num_denoise_steps: int = 5  # DDIM steps of a chain: the closed-loop policy's (model default)
-    tuned_denoise_steps: int = 5  # K: only the last K DDIM steps are MDP actions (5 of 5 measured best)
+    tuned_denoise_steps: int = 5  # only the last that many DDIM steps are MDP actions
     eta: float = 0.0  # DDIM stochasticity: the closed-loop policy's (deterministic DDIM)
     std_floor: float = 0.3  # minimum policy std (normalised latent units): the exploration noise
     lr: float = 3e-4
     clip: float = 0.02  # PPO ratio clip (ratios of per-dim mean log-probs)
-    kl_coef: float = 0.01  # weight of the closed-form KL (per dim) to the pretrained model
+    kl_coef: float = 0.01  # weight of the KL (per dim) to the pretrained model, paid as reward
+    realism_weight: float = 1.0  # weight of the leave-one-out realism term (0: off)
     vf_coef: float = 0.5
+    gae_lambda: float = 0.95
     repeat: int = 2  # optimisation epochs per iteration
     batch_size: int = 64  # minibatch (transitions)
     max_grad_norm: float = 1.0
     seed: int = 0
-    out: str = "runs/blm/finetuned.pt"  # fine-tuned checkpoint; the CSV log goes beside it (.csv)
+    out: str = "runs/blm/finetuned.pt"  # fine-tuned checkpoint; the CSV log (.csv) and curve (.png) beside it
     device: str = "cpu"
 
+    def __post_init__(self):
+        object.__setattr__(self, "loop", Loop(self.loop))
 
-CSV_FIELDS = ("iteration", "reward_mean", "reward_std", "kl", "clip_fraction", "loss", "vf_loss", "seconds")
+
+CSV_FIELDS = ("iteration", "task_reward", "task_reward_std", "realism", "kl_reward", "loss", "vf_loss", "seconds",
+              "eval_failure_rate", "eval_collision_rate_any", "eval_offroad_rate_any")
+EVAL_METRICS = ("failure_rate", "collision_rate_any", "offroad_rate_any")
 
 
-def _load_scenes(cfg: FinetuneConfig):
-    """The first ``max_scenes`` scenes of the env id's source."""
-    from blm_gym.envs import scene_source
+def open_scenes(entries: Sequence[str], split: str, limit: int) -> list[Scene]:
+    """The first ``limit`` scenes of the ``split`` side of each ``"<kind>:<data_dir>"`` entry."""
+    from blm_gym.data.registry import open_source
+    from blm_gym.train.common import parse_source
 
-    source = scene_source(cfg.env, cfg.data_dir, cfg.scene_ids)
-    scenes = [source.load(i) for i in range(min(len(source.scene_ids), cfg.max_scenes))]
-    if not scenes:
-        raise ValueError(f"finetune: the source of {cfg.env} has no scenes")
+    scenes = []
+    for kind, folder in (parse_source(e) for e in entries):
+        source = open_source(kind, folder, split=split)
+        scenes += [source.load(i) for i in range(min(limit, len(source.scene_ids)))]
     return scenes
 
 
-def build_ppo(cfg: FinetuneConfig, model: BLMModel, reference: BLMModel, scenes, reward: RewardTerm,
-              first_episode: int = 0) -> tuple[DiffusionPPO, DummyVectorEnv]:
-    """The algorithm (actor = ``model``'s denoiser) and ``samples_per_scene`` lockstep MDP copies."""
-    bank = SceneBank(scenes, reference, step=cfg.start_steps, max_agents=cfg.max_agents, device=cfg.device)
+def training_scenes(cfg: FinetuneConfig) -> list[Scene]:
+    """``cfg.sources``' train splits, else the env id's (or its ``scene_ids``)."""
+    from blm_gym.envs import scene_source
+
+    if cfg.sources:
+        return open_scenes(cfg.sources, "train", cfg.max_scenes)
+    source = scene_source(cfg.env, cfg.data_dir, cfg.scene_ids, split=None if cfg.scene_ids else "train")
+    return [source.load(i) for i in range(min(cfg.max_scenes, len(source.scene_ids)))]
+
+
+def planning_problems(scenes: Sequence[Scene], start_steps: Sequence[int], need: int) -> list[tuple[Scene, int]]:
+    """Every ``(scene, start)`` with ``need`` logged steps after ``start``, start-major (so the
+    consecutive problems an iteration takes are different scenes)."""
+    problems = [(s, t) for t in start_steps for s in scenes if t + need < s.num_steps]
+    if not problems:
+        raise ValueError(f"finetune: no scene leaves {need} steps after any of the start steps {list(start_steps)}; "
+                         "use earlier start_steps or fewer num_chains")
+    return problems
+
+
+def build_ppo(cfg: FinetuneConfig, model: BLMModel, reference: BLMModel, problems: Sequence[tuple[Scene, int]]
+              ) -> tuple[PPO, SceneGroupVectorEnv]:
+    """The algorithm (actor = ``model``'s denoiser) and ``scenes_per_step`` groups of
+    ``samples_per_scene`` lockstep MDP copies."""
+    reward = make_reward(cfg.reward)
     model.vae.requires_grad_(False)  # the decoder is not part of the policy
-    envs = DummyVectorEnv([
-        (lambda j=j: DenoisingMDP(model, bank, reward, num_steps=cfg.num_denoise_steps,
-                                  tuned_denoise_steps=cfg.tuned_denoise_steps, eta=cfg.eta,
-                                  seed=cfg.seed * 1000 + j + first_episode, first_episode=first_episode,
-                                  ego_replays_log=cfg.ego_replays_log))
-        for j in range(cfg.samples_per_scene)])
+    groups, k = cfg.scenes_per_step, cfg.samples_per_scene
+    envs = SceneGroupVectorEnv([
+        (lambda j=j: DenoisingMDP(
+            model, reference, problems, reward, loop=cfg.loop, num_chains=cfg.num_chains,
+            num_steps=cfg.num_denoise_steps, tuned_denoise_steps=cfg.tuned_denoise_steps, eta=cfg.eta,
+            std_floor=cfg.std_floor, kl_coef=cfg.kl_coef, max_agents=cfg.max_agents,
+            replan_every_s=cfg.replan_every_s, controlled=cfg.controlled, seed=cfg.seed * 1000 + j,
+            offset=j // k, stride=groups))
+        for j in range(groups * k)], group_size=k, problems=problems, controlled=cfg.controlled,
+        realism_weight=cfg.realism_weight)
     space = envs.get_env_attr("action_space", 0)[0]
-    actor = DiffusionActor(model, bank, cfg.num_denoise_steps, cfg.eta, cfg.std_floor)
+    num_chains = envs.get_env_attr("num_chains", 0)[0]
+    actor = DenoisingActor(model, cfg.num_denoise_steps, cfg.eta, cfg.std_floor)
     policy = ProbabilisticActorPolicy(actor=actor, dist_fn=latent_gaussian, action_space=space,
                                       action_scaling=False, action_bound_method=None)
-    critic = LatentCritic(bank, cfg.num_denoise_steps, model.config.latent_dim).to(cfg.device)
-    algo = DiffusionPPO(policy=policy, critic=critic, optim=AdamOptimizerFactory(lr=cfg.lr), reference=reference,
-                        kl_coef=cfg.kl_coef, eps_clip=cfg.clip, vf_coef=cfg.vf_coef, max_grad_norm=cfg.max_grad_norm)
+    critic = ChainCritic(cfg.num_denoise_steps, num_chains, model.config.latent_dim).to(cfg.device)
+    algo = PPO(policy=policy, critic=critic, optim=AdamOptimizerFactory(lr=cfg.lr), eps_clip=cfg.clip,
+               vf_coef=cfg.vf_coef, ent_coef=0.0, max_grad_norm=cfg.max_grad_norm, gae_lambda=cfg.gae_lambda,
+               gamma=1.0, advantage_normalization=True)
     return algo, envs
+
+
+def evaluate(model: BLMModel, scenes: Sequence[Scene], cfg: FinetuneConfig) -> dict[str, float]:
+    """Closed-loop failure / collision / off-road rates of the unguided policy on ``scenes``."""
+    from blm_gym.metrics.report import compute_report
+    from blm_gym.models.guidance import GuidanceConfig
+    from blm_gym.policies.latent_diffusion import LatentDiffusionPolicy
+    from blm_gym.rollout.runner import run_rollouts
+
+    class Fixed:  # the held-out scenes as a source
+        scene_ids = [s.scene_id for s in scenes]
+        load = staticmethod(lambda i: scenes[i])
+
+    policy = lambda: LatentDiffusionPolicy(model, replan_every_s=cfg.replan_every_s,  # noqa: E731
+                                           max_agents=cfg.max_agents, guidance=GuidanceConfig(steps=0))
+    rollouts = run_rollouts(Fixed(), policy, scene_ids=Fixed.scene_ids, samples=cfg.eval_samples,
+                            start_step=cfg.eval_start_step, horizon_s=cfg.eval_horizon_s, controlled=cfg.controlled, seed=cfg.seed, progress=False)
+    report = compute_report(rollouts, {s.scene_id: s.road.drivable for s in scenes})
+    sim = report["overall"]["sim"]
+    return {f"eval_{k}": sim[k]["value"] for k in EVAL_METRICS}
+
+
+def plot_learning_curve(rows: list[dict], path: Path) -> None:
+    """Training reward and held-out failure rates per iteration, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.5))
+    it = [int(r["iteration"]) for r in rows]
+    a.plot(it, [float(r["task_reward"]) for r in rows], label="task reward (per chain)")
+    a.plot(it, [float(r["realism"] or 0) for r in rows], label="leave-one-out realism")
+    a.set_xlabel("iteration")
+    a.legend()
+    ev = [r for r in rows if r.get("eval_failure_rate") not in (None, "")]
+    for k in EVAL_METRICS:
+        b.plot([int(r["iteration"]) for r in ev], [float(r[f"eval_{k}"]) for r in ev], marker="o", label=k)
+    b.set_xlabel("iteration")
+    b.set_title("held-out scenes, unguided, closed loop")
+    b.legend()
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
 
 
 class _TrainState:
     """Optimizer + critic state, stored in the checkpoint's ``optimizer`` slot (tensors only)."""
 
-    def __init__(self, algo: DiffusionPPO):
+    def __init__(self, algo: PPO):
         self.algo = algo
 
     def state_dict(self) -> dict:
@@ -308,61 +292,79 @@ class _TrainState:
         self.algo.critic.load_state_dict(state["critic"])
 
 
-def finetune(cfg: FinetuneConfig, resume: bool = False, scenes=None) -> Path:
+def _collected_means(info) -> dict[str, float]:
+    """Means over the collected transitions' infos: task reward per chain (mean, std), realism
+    per chain, KL reward per step."""
+    ends = np.asarray(info.chain_end, bool)
+    task, realism = np.asarray(info.task_reward, float)[ends], np.asarray(info.realism, float)[ends]
+    return {"task_reward": float(task.mean()), "task_reward_std": float(task.std()), "realism": float(realism.mean()),
+            "kl_reward": float(np.mean(info.kl_reward))}
+
+
+def finetune(cfg: FinetuneConfig, resume: bool = False, scenes: Sequence[Scene] | None = None,
+             eval_scenes: Sequence[Scene] | None = None) -> Path:
     """PPO-fine-tune ``cfg.checkpoint`` toward ``cfg.reward``; returns the checkpoint path ``cfg.out``.
 
-    ``scenes`` (a list of :class:`~blm_gym.data.scene.Scene`) replaces the env id's source.
-    Each iteration collects ``samples_per_scene x scenes_per_step`` chains, updates, appends a
-    row to ``<out>.csv`` (mean/std final reward, KL, clip fraction, losses) and writes ``out``
-    atomically. ``resume`` continues from ``out`` (its weights, optimizer, critic, iteration).
+    ``scenes`` / ``eval_scenes`` replace the env ids' sources. ``resume`` continues from ``out``
+    (weights, optimizer, critic, RNG, iteration); the envs' noise is a function of the seed and
+    the episode, so a resumed run equals an uninterrupted one.
     """
     if cfg.samples_per_scene < 2:
-        raise ValueError("finetune: samples_per_scene must be >= 2 (advantages are normalised per plan)")
+        raise ValueError("finetune: samples_per_scene must be >= 2 (the leave-one-out terms compare copies)")
     out, log_path = Path(cfg.out), Path(cfg.out).with_suffix(".csv")
     if out.exists() and not resume:
         raise FileExistsError(f"finetune: {out} exists; pass resume=True (--resume) to continue it or pick another out")
     # Tianshou logs a warning per step for multi-dimensional action stds (our latents); keep the log readable.
     logging.getLogger("tianshou.data.stats").setLevel(logging.ERROR)
     torch.manual_seed(cfg.seed)
-    reward = make_reward(cfg.reward)
     reference = load_model(cfg.checkpoint, cfg.device)
     model = load_model(cfg.checkpoint, cfg.device)
-    start = 0
-    state = None
+    start, state = 0, None
     if resume:
         ckpt = load_checkpoint(out)
         restore_model(model, ckpt, where=str(out))
         start, state = ckpt["step"], ckpt["optimizer"]
-        torch.set_rng_state(ckpt["rng"]["torch"])
-    scenes = list(scenes) if scenes is not None else _load_scenes(cfg)
-    algo, envs = build_ppo(cfg, model, reference, scenes[:cfg.max_scenes], reward,
-                           first_episode=start * cfg.scenes_per_step)
+    scenes = list(scenes) if scenes is not None else training_scenes(cfg)
+    if eval_scenes is None and cfg.eval_sources:
+        eval_scenes = open_scenes(cfg.eval_sources, "heldout", cfg.eval_max_scenes)
+    c = model.config
+    need = cfg.num_chains * round(cfg.replan_every_s / c.dt) if cfg.loop is Loop.CLOSED else 1
+    problems = planning_problems(scenes, cfg.start_steps, need)
+    algo, envs = build_ppo(cfg, model, reference, problems)
     if state is not None:
         _TrainState(algo).load_state_dict(state)
-    per_iter = cfg.samples_per_scene * cfg.scenes_per_step * cfg.tuned_denoise_steps
-    buffer = VectorReplayBuffer(per_iter, cfg.samples_per_scene)
+    per_iter = envs.env_num * envs.get_env_attr("num_mdp_steps", 0)[0]
+    buffer = VectorReplayBuffer(per_iter, envs.env_num)
     collector = Collector(algo, envs, buffer)
-    collector.reset()
     rows = []
     if resume and log_path.exists():
         with open(log_path, newline="") as f:
             rows = [r for r in csv.DictReader(f) if int(r["iteration"]) < start]
     for it in tqdm(range(start, cfg.steps), desc="finetune", initial=start, total=cfg.steps):
         t0 = time.time()
+        # the policy's noise (torch) and Tianshou's minibatch shuffles (numpy) are a function of
+        # (seed, iteration), so a resumed run draws what the uninterrupted one drew
+        torch.manual_seed(cfg.seed * 1_000_003 + it)
+        np.random.seed((cfg.seed * 1_000_003 + it) % 2**32)
         with policy_within_training_step(algo.policy), torch_train_mode(algo, False):
-            collected = collector.collect(n_step=per_iter)
+            # a fresh episode from the updated weights (their prefix DDIM steps use them), numbered by iteration
+            collector.collect(n_step=per_iter, reset_before_collect=True, gym_reset_kwargs={"options": {"episode": it}})
+        collected = _collected_means(buffer.sample(0)[0].info)
         with policy_within_training_step(algo.policy):
             stats = algo.update(buffer, batch_size=cfg.batch_size, repeat=cfg.repeat)
         buffer.reset()
-        rows.append({"iteration": it, "reward_mean": collected.returns_stat.mean,
-                     "reward_std": collected.returns_stat.std, "kl": stats.kl.mean,
-                     "clip_fraction": stats.clip_fraction.mean, "loss": stats.loss.mean,
-                     "vf_loss": stats.vf_loss.mean, "seconds": round(time.time() - t0, 3)})
+        row = {"iteration": it, **collected, "loss": stats.loss.mean,
+               "vf_loss": stats.vf_loss.mean, "seconds": round(time.time() - t0, 3)}
+        if eval_scenes and ((it + 1) % cfg.eval_every == 0 or it + 1 == cfg.steps):
+            row.update(evaluate(model, eval_scenes, cfg))
+        rows.append(row)
         with atomic_path(log_path) as tmp, open(tmp, "w", newline="") as f:
             writer = csv.DictWriter(f, CSV_FIELDS)
             writer.writeheader()
             writer.writerows(rows)
         save_checkpoint(out, model, step=it + 1, train_config=config_to_dict(cfg), optimizer=_TrainState(algo))
+    if eval_scenes:
+        plot_learning_curve(rows, out.with_suffix(".png"))
     if not out.exists():  # nothing left to do (steps already reached): still hand back a checkpoint
         save_checkpoint(out, model, step=start, train_config=config_to_dict(cfg), optimizer=_TrainState(algo))
     return out
