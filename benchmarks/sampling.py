@@ -13,7 +13,8 @@
   listed under ``closed_loop_runs_s``), after a 1 s warm-up run (numba loads the guidance's
   compiled loops from its cache, or compiles them, on first use: about 1 s once per process).
 
-Usage: ``python benchmarks/sampling.py [--threads 1] [--repeats 3]``. Timings on shared machines
+``--finetuned PATH`` also times that stage-3 model without guidance (``closed_loop_finetuned_s`` and
+its ratio to the guided time). Usage: ``python benchmarks/sampling.py [--threads 1] [--repeats 3]``. Timings on shared machines
 vary by up to 1.8x between runs: compare the ratios within one run.
 """
 from __future__ import annotations
@@ -31,6 +32,7 @@ from torch import nn
 
 from blm_gym.data.scene import AgentType, DrivableArea, RoadMap, Scene, Trajectories, pad_polylines
 from blm_gym.models import BLMModel, make_agent_batch
+from blm_gym.models.checkpoint import load_model
 from blm_gym.models.guidance import GuidanceConfig
 from blm_gym.models.schedule import cosine_alpha_bar
 from blm_gym.policies.latent_diffusion import DEFAULT_CHECKPOINT, LatentDiffusionPolicy
@@ -145,6 +147,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     parser.add_argument("--repeats", type=int, default=3, help="closed-loop runs per setting (median reported)")
+    parser.add_argument("--finetuned", default=None,
+                        help="also time this stage-3 checkpoint unguided (closed_loop_finetuned_s)")
     args = parser.parse_args()
     if args.repeats < 1:
         parser.error(f"--repeats must be >= 1 (closed-loop runs per setting), got {args.repeats}")
@@ -158,6 +162,12 @@ def main() -> None:
     time_closed_loop(model, scene, seconds=1.0)  # warm-up: the first call loads the compiled guidance loops
     guided = [round(time_closed_loop(model, scene), 3) for _ in range(args.repeats)]
     bare = [round(time_closed_loop(model, scene, **bare_policy), 3) for _ in range(args.repeats)]
+    tuned = {}
+    if args.finetuned:
+        runs = [round(time_closed_loop(load_model(args.finetuned), scene, **bare_policy), 3)
+                for _ in range(args.repeats)]
+        tuned = {"closed_loop_finetuned_s": round(statistics.median(runs), 3), "finetuned_runs_s": runs,
+                 "finetuned_over_guided": round(statistics.median(runs) / statistics.median(guided), 3)}
     print(json.dumps({
         "agents": NUM_AGENTS, "horizon_s": FUTURE * 0.1, "threads": args.threads,
         "latent_model": "shipped" if shipped else "untrained (default architecture)",
@@ -170,6 +180,7 @@ def main() -> None:
         "closed_loop_s": round(statistics.median(guided), 3),
         "closed_loop_unguided_s": round(statistics.median(bare), 3),
         "closed_loop_runs_s": {"guided": guided, "unguided": bare},
+        **tuned,
         "closed_loop_setup": "20 s, 32 vehicles, replan every 1 s, blm_gym.sim.state.step",
         "guidance": {"candidates": LatentDiffusionPolicy(model).candidates, **dataclasses.asdict(GuidanceConfig())},
     }, indent=2))

@@ -7,7 +7,9 @@ The same term then serves
 
 - the env, per step, through :class:`blm_gym.rewards.RewardTermWrapper` (scores the ego), and
 - PPO fine-tuning of the traffic model, through ``make_reward("...")`` once registered
-  (scores the planned agents on the decoded plan): ``blm-gym finetune --reward keep_gap=1,collision=1``.
+  (scores the vehicles the traffic model drives, on the states each denoising chain's plan produced
+  in closed loop): ``blm-gym finetune --reward keep_gap=1,collision=1``
+  (``examples/finetune_speed_limit.py`` fine-tunes for a term written here).
 
 Run: ``python examples/custom_reward.py``
 """
@@ -64,7 +66,7 @@ def main() -> None:
             break
     print(f"scene {scene.scene_id}: return over {steps} steps = {total:.3f}; last terms {info['reward_terms']}")
 
-    # 2. The same terms scoring whole logged trajectories (what fine-tuning does on decoded plans).
+    # 2. The same terms scoring whole logged trajectories (fine-tuning scores simulated ones the same way).
     tr = scene.traj
     ctx = RewardContext.from_scene(scene, tr.x, tr.y, tr.heading, tr.speed, tr.valid)
     reward = make_reward("keep_gap=1,collision=1,offroad=1,progress=0.01")

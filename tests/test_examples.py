@@ -38,3 +38,11 @@ def test_train_ego_ppo_smoke(nuscenes_dir, tmp_path):
     epochs = [line for line in out.splitlines() if line.startswith("epoch")]
     assert len(epochs) == 2 and all("mean return" in line for line in epochs)
     assert (tmp_path / "ppo.pt").stat().st_size > 0
+
+
+def test_finetune_speed_limit_smoke(nuscenes_dir, tmp_path):
+    out = run_example("finetune_speed_limit.py", "--smoke", "--iterations", "1", "--samples", "1", "--data-dir",
+                      str(nuscenes_dir), "--out", str(tmp_path / "speed.pt"))
+    rows = [line for line in out.splitlines() if line.startswith(("pretrained", "fine-tuned"))]
+    assert len(rows) == 2 and all("above_limit" in row for row in rows)
+    assert (tmp_path / "speed.pt").stat().st_size > 0

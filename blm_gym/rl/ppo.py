@@ -145,6 +145,7 @@ class FinetuneConfig:
     max_agents: int = 32  # agents planned jointly per scene
     controlled: str = "all_vehicles"  # all_vehicles | non_ego (the ego replays its log: an AV under test)
     steps: int = 30  # PPO iterations (each env plays one episode, then one update)
+    time_budget_min: float = 0.0  # stop after the iteration that passes this many minutes (0: no limit)
     samples_per_scene: int = 4  # K lockstep copies per scene (the leave-one-out terms compare them)
     scenes_per_step: int = 4  # scenes (groups of K copies) per iteration
     num_denoise_steps: int = 5  # DDIM steps of a chain: the closed-loop policy's (model default)
@@ -195,14 +196,15 @@ def training_scenes(cfg: FinetuneConfig) -> list[Scene]:
     return [source.load(i) for i in range(min(cfg.max_scenes, len(source.scene_ids)))]
 
 
-def planning_problems(scenes: Sequence[Scene], start_steps: Sequence[int], need: int) -> list[tuple[Scene, int]]:
-    """Every ``(scene, start)`` with ``need`` logged steps after ``start``, start-major (so the
-    consecutive problems an iteration takes are different scenes)."""
+def planning_problems(scenes: Sequence[Scene], start_steps: Sequence[int], need: int, seed: int
+                      ) -> list[tuple[Scene, int]]:
+    """Every ``(scene, start)`` with ``need`` logged steps after ``start``, in an order shuffled by
+    ``seed`` (so every iteration mixes sources and start steps)."""
     problems = [(s, t) for t in start_steps for s in scenes if t + need < s.num_steps]
     if not problems:
         raise ValueError(f"finetune: no scene leaves {need} steps after any of the start steps {list(start_steps)}; "
                          "use earlier start_steps or fewer num_chains")
-    return problems
+    return [problems[i] for i in np.random.default_rng(seed).permutation(len(problems))]
 
 
 def build_ppo(cfg: FinetuneConfig, model: BLMModel, reference: BLMModel, problems: Sequence[tuple[Scene, int]]
@@ -329,7 +331,7 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, scenes: Sequence[Scene] 
         eval_scenes = open_scenes(cfg.eval_sources, "heldout", cfg.eval_max_scenes)
     c = model.config
     need = cfg.num_chains * round(cfg.replan_every_s / c.dt) if cfg.loop is Loop.CLOSED else 1
-    problems = planning_problems(scenes, cfg.start_steps, need)
+    problems = planning_problems(scenes, cfg.start_steps, need, cfg.seed)
     algo, envs = build_ppo(cfg, model, reference, problems)
     if state is not None:
         _TrainState(algo).load_state_dict(state)
@@ -340,7 +342,10 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, scenes: Sequence[Scene] 
     if resume and log_path.exists():
         with open(log_path, newline="") as f:
             rows = [r for r in csv.DictReader(f) if int(r["iteration"]) < start]
+    began = time.time()
     for it in tqdm(range(start, cfg.steps), desc="finetune", initial=start, total=cfg.steps):
+        if cfg.time_budget_min and time.time() - began > 60 * cfg.time_budget_min:
+            break
         t0 = time.time()
         # the policy's noise (torch) and Tianshou's minibatch shuffles (numpy) are a function of
         # (seed, iteration), so a resumed run draws what the uninterrupted one drew
