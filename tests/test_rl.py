@@ -180,8 +180,9 @@ def test_finetune_logs_a_learning_curve_and_resumes_exactly(tmp_path, model):
     assert all(torch.equal(a, b) for a, b in zip(resumed.vae.parameters(), model.vae.parameters()))
     with open(path.with_suffix(".csv"), newline="") as f:
         rows = list(csv.DictReader(f))
-    assert [int(r["iteration"]) for r in rows] == [0, 1, 2]
-    assert all(np.isfinite(float(r[k])) for r in rows for k in ("task_reward", "kl_reward", "eval_failure_rate"))
+    assert [int(r["iteration"]) for r in rows] == [0, 1, 2, 3]  # 3: the final weights, evaluated only
+    assert all(np.isfinite(float(r[k])) for r in rows[:3] for k in ("task_reward", "kl_reward", "eval_failure_rate"))
+    assert np.isfinite(float(rows[3]["eval_failure_rate"])) and rows[3]["task_reward"] == ""
     assert path.with_suffix(".png").stat().st_size > 0
 
 

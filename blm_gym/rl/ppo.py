@@ -19,8 +19,9 @@ Tianshou's own :class:`~tianshou.algorithm.PPO`, unchanged, over the denoising-s
   leave-one-out baseline.
 
 :func:`finetune` runs it: each iteration every env plays one episode, PPO updates, a CSV row is
-logged, an atomic checkpoint written; every ``eval_every`` iterations the unguided policy is
-rolled out closed loop on a fixed set of held-out scenes (the learning curve, CSV and PNG).
+logged, an atomic checkpoint written; every ``eval_every`` iterations (from the pretrained weights
+on, and once more after the last) the unguided policy is rolled out closed loop on a fixed set of
+held-out scenes: the learning curve, in the CSV and as a PNG.
 """
 from __future__ import annotations
 
@@ -134,7 +135,7 @@ class FinetuneConfig:
     start_steps: tuple[int, ...] = (10, 30, 50)  # log steps episodes start from (those leaving room for the episode)
     eval_sources: tuple[str, ...] = ()  # learning-curve scenes: "<kind>:<data_dir>", held-out split of each
     eval_max_scenes: int = 4  # per eval source (the first ones of its held-out split)
-    eval_every: int = 5  # iterations between evaluations (and after the last)
+    eval_every: int = 5  # iterations between evaluations (of the weights an iteration starts from; and the final ones)
     eval_samples: int = 2  # closed-loop samples per held-out scene
     eval_start_step: int = 30  # log step the evaluation episodes start from
     eval_horizon_s: float = 8.0
@@ -263,10 +264,15 @@ def plot_learning_curve(rows: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.5))
-    it = [int(r["iteration"]) for r in rows]
-    a.plot(it, [float(r["task_reward"]) for r in rows], label="task reward (per chain)")
-    a.plot(it, [float(r["realism"] or 0) for r in rows], label="leave-one-out realism")
+    trained = [r for r in rows if r.get("task_reward") not in (None, "")]
+    it = np.array([int(r["iteration"]) for r in trained])
+    for key, label in (("task_reward", "task reward per chain"), ("realism", "leave-one-out realism")):
+        v = np.array([float(r[key]) for r in trained])
+        a.plot(it, v, alpha=0.3)
+        if len(v) >= 5:  # scenes differ between iterations: the trend is the 5-iteration mean
+            a.plot(it[4:], np.convolve(v, np.ones(5) / 5, "valid"), color=a.lines[-1].get_color(), label=label)
     a.set_xlabel("iteration")
+    a.set_title("training batches")
     a.legend()
     ev = [r for r in rows if r.get("eval_failure_rate") not in (None, "")]
     for k in EVAL_METRICS:
@@ -292,6 +298,13 @@ class _TrainState:
     def load_state_dict(self, state: dict) -> None:
         self.algo.optim.load_state_dict(state["optimizer"])
         self.algo.critic.load_state_dict(state["critic"])
+
+
+def _write_csv(path: Path, rows: list[dict]) -> None:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, CSV_FIELDS)
+        writer.writeheader()
+        writer.writerows(rows)
 
 
 def _collected_means(info) -> dict[str, float]:
@@ -347,6 +360,7 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, scenes: Sequence[Scene] 
         if cfg.time_budget_min and time.time() - began > 60 * cfg.time_budget_min:
             break
         t0 = time.time()
+        evaluated = evaluate(model, eval_scenes, cfg) if eval_scenes and it % cfg.eval_every == 0 else {}
         # the policy's noise (torch) and Tianshou's minibatch shuffles (numpy) are a function of
         # (seed, iteration), so a resumed run draws what the uninterrupted one drew
         torch.manual_seed(cfg.seed * 1_000_003 + it)
@@ -358,17 +372,14 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, scenes: Sequence[Scene] 
         with policy_within_training_step(algo.policy):
             stats = algo.update(buffer, batch_size=cfg.batch_size, repeat=cfg.repeat)
         buffer.reset()
-        row = {"iteration": it, **collected, "loss": stats.loss.mean,
-               "vf_loss": stats.vf_loss.mean, "seconds": round(time.time() - t0, 3)}
-        if eval_scenes and ((it + 1) % cfg.eval_every == 0 or it + 1 == cfg.steps):
-            row.update(evaluate(model, eval_scenes, cfg))
-        rows.append(row)
-        with atomic_path(log_path) as tmp, open(tmp, "w", newline="") as f:
-            writer = csv.DictWriter(f, CSV_FIELDS)
-            writer.writeheader()
-            writer.writerows(rows)
+        rows.append({"iteration": it, **collected, "loss": stats.loss.mean, "vf_loss": stats.vf_loss.mean,
+                     "seconds": round(time.time() - t0, 3), **evaluated})
+        _write_csv(log_path, rows)
         save_checkpoint(out, model, step=it + 1, train_config=config_to_dict(cfg), optimizer=_TrainState(algo))
-    if eval_scenes:
+    if eval_scenes:  # the final weights: a row of their own after the last iteration
+        done = int(load_checkpoint(out)["step"]) if out.exists() else start
+        rows.append({"iteration": done, **evaluate(model, eval_scenes, cfg)})
+        _write_csv(log_path, rows)
         plot_learning_curve(rows, out.with_suffix(".png"))
     if not out.exists():  # nothing left to do (steps already reached): still hand back a checkpoint
         save_checkpoint(out, model, step=start, train_config=config_to_dict(cfg), optimizer=_TrainState(algo))
