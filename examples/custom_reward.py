@@ -9,7 +9,7 @@ The same term then serves
 - PPO fine-tuning of the traffic model, through ``make_reward("...")`` once registered
   (scores the vehicles the traffic model drives, on the states each denoising chain's plan produced
   in closed loop): ``blm-gym finetune --reward keep_gap=1,collision=1``
-  (``examples/finetune_speed_limit.py`` fine-tunes for a term written here).
+  (``examples/finetune_custom_term.py`` fine-tunes for a term written like these).
 
 Run: ``python examples/custom_reward.py``
 """

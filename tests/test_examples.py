@@ -40,9 +40,9 @@ def test_train_ego_ppo_smoke(nuscenes_dir, tmp_path):
     assert (tmp_path / "ppo.pt").stat().st_size > 0
 
 
-def test_finetune_speed_limit_smoke(nuscenes_dir, tmp_path):
-    out = run_example("finetune_speed_limit.py", "--smoke", "--iterations", "1", "--samples", "1", "--data-dir",
-                      str(nuscenes_dir), "--out", str(tmp_path / "speed.pt"))
+def test_finetune_custom_term_smoke(nuscenes_dir, tmp_path):
+    out = run_example("finetune_custom_term.py", "--smoke", "--iterations", "1", "--samples", "1", "--data-dir",
+                      str(nuscenes_dir), "--out", str(tmp_path / "custom.pt"))
     rows = [line for line in out.splitlines() if line.startswith(("pretrained", "fine-tuned"))]
-    assert len(rows) == 2 and all("above_limit" in row for row in rows)
-    assert (tmp_path / "speed.pt").stat().st_size > 0
+    assert len(rows) == 2 and all("near_pedestrian_above_limit" in row for row in rows)
+    assert (tmp_path / "custom.pt").stat().st_size > 0

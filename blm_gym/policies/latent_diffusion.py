@@ -83,7 +83,6 @@ class LatentDiffusionPolicy:
         return cls(load_model(path, device), **kwargs)
 
     def reset(self, scene: Scene, start_step: int, controlled: np.ndarray, rng: np.random.Generator) -> None:
-        h = self.model.config.history_steps
         needs_field = self.guidance.steps > 0 or self.candidates > 1  # the costs guidance and candidates use
         if needs_field and self._field_scene is not scene:  # built once per scene, reused over its samples
             self._field = DistanceField.from_drivable(scene.road.drivable)
