@@ -26,7 +26,8 @@ from blm_gym.policies import make_policy
 from blm_gym.rollout.runner import RolloutConfig, run_rollouts
 
 ROOT = Path(__file__).resolve().parents[1]
-SAFE = "blm_gym/assets/blm_nuscenes_safe.pt"
+# stage-3 fine-tunes of the shipped model for collision + off-road, same budget: closed loop (shipped) and open loop
+CHECKPOINTS = {"safe": "blm_gym/assets/blm_safe.pt", "open": "runs/stage3/open_loop.pt"}
 
 
 @dataclass(frozen=True)
@@ -35,25 +36,28 @@ class Table:
     title: str
     samples: int
     membership: str = "log"
-    policies: tuple[str, ...] = ("constant_velocity", "idm", "blm_unguided", "blm", "blm_unguided@safe")
+    policies: tuple[str, ...] = ("constant_velocity", "idm", "blm_unguided", "blm", "blm_unguided@open",
+                                 "blm_unguided@safe")
 
     @property
     def command(self) -> str:
+        used = {p.partition("@")[2] for p in self.policies} - {""}
+        ckpts = " ".join(f"--checkpoint {k}={CHECKPOINTS[k]}" for k in sorted(used))
         return (f"python benchmarks/policy_table.py --dataset {self.dataset} --policies {','.join(self.policies)} "
-                f"--checkpoint safe={SAFE} --samples {self.samples} --membership {self.membership}")
+                f"{ckpts} --samples {self.samples} --membership {self.membership}")
 
 
 TABLES = {
     "nuscenes-val": Table("nuscenes-val", "nuScenes-mini val (scene-0103, scene-0916), agents enter as logged", 8),
     "nuscenes-val-frozen": Table("nuscenes-val", "nuScenes-mini val, frozen agents", 8, "frozen"),
-    "womd": Table("womd", "womd-sample (9 Waymo scenes), agents enter as logged", 4),
-    "womd-frozen": Table("womd", "womd-sample, frozen agents", 4, "frozen"),
+    "womd-heldout": Table("womd-heldout", "womd-sample held out (3 Waymo scenes), agents enter as logged", 8),
+    "womd-heldout-frozen": Table("womd-heldout", "womd-sample held out, frozen agents", 8, "frozen"),
 }
 
 
 # WOSAC: held-out Waymo scenes (blm_gym.data.splits), a fixed subset sized for 2 CPU cores.
 WOSAC_SCENES = {"womd-sample": 3, "womd-gpudrive": 5}  # the first N held-out scenes of each folder
-WOSAC_POLICIES = ("constant_velocity", "idm", "blm_unguided", "blm", "blm_unguided@safe")
+WOSAC_POLICIES = ("constant_velocity", "idm", "blm_unguided", "blm", "blm_unguided@open", "blm_unguided@safe")
 DETERMINISTIC = ("log", "constant_velocity", "idm")  # one sample, repeated: their 32 rollouts are equal
 WOSAC_ROWS = ("metametric", "kinematic", "interactive", "map_based", "linear_speed_likelihood",
               "linear_acceleration_likelihood", "angular_speed_likelihood", "angular_acceleration_likelihood",
@@ -76,7 +80,8 @@ def wosac_section() -> str:
             label, _, ckpt = name.partition("@")
             samples = 1 if label in DETERMINISTIC else protocol.samples
             rollouts = run_rollouts(
-                source, lambda: make_policy(label, checkpoint=str(ROOT / SAFE) if ckpt else None), scene_ids=ids,
+                source, lambda: make_policy(label, checkpoint=str(ROOT / CHECKPOINTS[ckpt]) if ckpt else None),
+                scene_ids=ids,
                 samples=samples, start_step=protocol.start_step, horizon_s=protocol.horizon_s,
                 controlled=protocol.controlled, membership=protocol.membership, progress=False)
             if samples == 1:
@@ -153,8 +158,8 @@ def main() -> None:
             sections[key] = wosac_section() if key == "wosac" else maps_section()
         else:
             t = TABLES[key]
-            results = evaluate(t.dataset, list(t.policies), t.samples, 10.0, {"safe": str(ROOT / SAFE)},
-                               membership=t.membership)
+            results = evaluate(t.dataset, list(t.policies), t.samples, 10.0,
+                               {k: str(ROOT / v) for k, v in CHECKPOINTS.items()}, membership=t.membership)
             sections[key] = (f"## {t.title}, K = {t.samples}\n\n`{t.command}`\n\n{markdown(results)}\n\n"
                              f"{entry_counts_line(results)}\n")
         sections[key] += f"\n(computed {datetime.date.today().isoformat()} in {time.perf_counter() - t0:.0f} s)\n"
@@ -163,7 +168,8 @@ def main() -> None:
             "Metrics section. Default-suite tables: 10 s closed loop from step 30 (3 s of log history); every "
             "vehicle driven by the policy, the other agents replay the log; `log` is the same metrics on the "
             "logged ground truth. `blm` is the shipped model with sampling-time guidance, `blm_unguided` the bare "
-            "model, `@safe` the stage-3 fine-tune (collision + off-road). Entries: vehicles the log brings in "
+            "model, `@safe` the shipped stage-3 fine-tune for collision + off-road (closed loop, run unguided), `@open` "
+            "the open-loop fine-tune with the same budget (`benchmarks/finetune_eval.py`). Entries: vehicles the log brings in "
             "mid-episode, and of those the ones the entry check made wait or kept out.\n")
     body = "".join(f"\n<!-- table: {k} -->\n{sections[k]}" for k in order if k in sections)
     out.write_text(head + body)

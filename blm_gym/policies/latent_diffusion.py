@@ -34,7 +34,7 @@ from blm_gym.models.execution import ExecutionRule, executed_actions, movable_ag
 from blm_gym.models.guidance import DistanceField, GuidanceConfig, PlanCost, make_guide
 from blm_gym.sim.state import Action, SimulatorState
 
-DEFAULT_CHECKPOINT = Path(__file__).resolve().parents[1] / "assets" / "blm_nuscenes.pt"
+DEFAULT_CHECKPOINT = Path(__file__).resolve().parents[1] / "assets" / "blm.pt"
 
 
 class LatentDiffusionPolicy:
@@ -75,7 +75,7 @@ class LatentDiffusionPolicy:
 
     @classmethod
     def from_checkpoint(cls, path: str | Path | None = None, device: str = "cpu", **kwargs) -> "LatentDiffusionPolicy":
-        """Load a trained model (default: the shipped nuScenes-mini model ``blm_gym/assets/blm_nuscenes.pt``)."""
+        """Load a trained model (default: the shipped model ``blm_gym/assets/blm.pt``)."""
         path = Path(path) if path is not None else DEFAULT_CHECKPOINT
         if not path.is_file():
             raise FileNotFoundError(f"BLM checkpoint not found: {path}; train one with `blm-gym train vae` then "
