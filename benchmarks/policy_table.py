@@ -20,14 +20,16 @@ from blm_gym.data.scenarionet import ScenarioNetSource
 from shared_data import SHARED_DATA
 from blm_gym.metrics.report import compute_report
 from blm_gym.policies import make_policy
-from blm_gym.data.registry import load_scene
+from blm_gym.data.registry import load_scene, open_source
 from blm_gym.rollout.runner import run_rollouts
 from blm_gym.sim.state import ENTRY_CHECK_S
 
-DATASETS = {  # name -> (folder under the shared data, scene ids or None for all)
+DATASETS = {  # name -> (folder under the shared data, scene ids, None for all, or a split name of blm_gym.data.splits)
     "nuscenes-val": ("nuscenes-mini", ["scene-0103", "scene-0916"]),
     "nuscenes-train": ("nuscenes-mini", None),
     "womd": ("womd-sample", None),
+    "womd-heldout": ("womd-sample", "heldout"),  # 3 scenes
+    "womd-gpudrive-heldout": ("womd-gpudrive", "heldout"),  # 40 scenes
 }
 METRICS = ("collision_rate_step", "collision_rate_any", "offroad_rate_step", "offroad_rate_any", "failure_rate",
            "min_ttc_s", "rss_lon_violation_rate", "rss_lat_violation_rate", "jsd_speed", "jsd_accel", "jsd_jerk",
@@ -54,7 +56,10 @@ def entry_counts(rollouts) -> dict[str, int]:
 def evaluate(dataset: str, policies: list[str], samples: int, horizon: float, checkpoints: dict[str, str | None],
              seed: int = 0, membership: str = "log", entry_check_s: float = ENTRY_CHECK_S) -> dict:
     folder, ids = DATASETS[dataset]
-    source = ScenarioNetSource(SHARED_DATA / folder, scene_ids=ids)
+    if isinstance(ids, str):  # one side of the named split
+        source = open_source("scenarionet", SHARED_DATA / folder, split=ids)
+    else:
+        source = ScenarioNetSource(SHARED_DATA / folder, scene_ids=ids)
     ids = list(source.scene_ids)
     drivable = {sid: load_scene(source, sid) for sid in ids}
     out = {}

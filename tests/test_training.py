@@ -114,3 +114,62 @@ def test_vae_trains_on_one_real_scene(tmp_path):
     model = train_vae(cfg, scenes=(train, val))
     with torch.no_grad():
         assert model.vae_losses(batch, sample=False)["ade"].item() < 0.7 * before
+
+
+@pytest.mark.parametrize("entry, match", [
+    ("interaction", "is not '<kind>:<data_dir>'"),  # no colon
+    ("interaction:", "is not '<kind>:<data_dir>'"),  # no folder
+    (":/data/interaction", "is not '<kind>:<data_dir>'"),  # no kind
+    ("bogus:/data/x", "unknown data source kind 'bogus'"),
+    ("ngsim:/data/x", "did you mean 'commonroad'"),
+])
+def test_sources_entry_errors(tmp_path, entry, match):
+    from blm_gym.train.common import parse_source
+
+    with pytest.raises(ValueError, match=match) as err:
+        parse_source(entry)
+    assert "'<kind>:<data_dir>', e.g." in str(err.value)  # names the fix
+    # checked before any folder is read (data_dir does not exist either)
+    with pytest.raises(ValueError, match=match):
+        train_vae(vae_cfg(tmp_path, data_dir=str(tmp_path / "nowhere"), sources=(entry,)))
+
+
+@pytest.mark.realdata
+def test_sources_train_split_windowed_heldout_never(tmp_path, nuscenes_dir, data_root):
+    """Each ``sources`` entry is windowed on its train split only: no window of a held-out scene."""
+    from blm_gym.data.registry import open_source
+    from blm_gym.data.splits import split_scene_ids
+    from blm_gym.train.common import open_sources, training_data
+    from blm_gym.train.window_cache import WindowCache
+
+    entries = {"scenarionet": data_root / "womd-sample", "commonroad": data_root / "commonroad-ngsim"}
+    for folder in entries.values():
+        if not folder.is_dir():
+            pytest.skip(f"real data missing: {folder}")
+    cfg = vae_cfg(tmp_path, data_dir=str(nuscenes_dir), sources=tuple(f"{k}:{v}" for k, v in entries.items()),
+                  window_cache=str(tmp_path / "cache"), steps=2, log_every=1, val_every=2, save_every=2)
+    with pytest.raises(ValueError, match="trained on twice"):
+        open_sources("scenarionet", str(nuscenes_dir), cfg.sources + (f"scenarionet:{entries['scenarionet']}",),
+                     cfg.val_scenes, 0, 0)
+
+    heldout = {kind: set(split_scene_ids(open_source(kind, folder), "heldout", kind))
+               for kind, folder in entries.items()}
+    assert heldout["scenarionet"] == {"49c341dce1f65cdb", "8a346109094cd5aa", "eb4b91b10ca94ff2"}
+    assert heldout["commonroad"] == {"USA_Peach-4_8_T-1"}
+    torch.manual_seed(cfg.seed)
+    train, val = training_data(cfg, BLMModel(model_config(cfg)))
+    assert val is not None and val.batch_size > 0  # validation: nuScenes mini val, as before
+    windowed, start = {}, 0
+    for folder in train.folders:  # map every training window back to its scene id
+        cache = WindowCache(folder)
+        scenes = train.scene_index(range(start, start + cache.num_windows))
+        windowed[cache.folder.name] = {cache.scene_ids[i] for i in scenes}
+        start += cache.num_windows
+    assert start == len(train)
+    ids = set().union(*windowed.values())
+    assert not ids & (heldout["scenarionet"] | heldout["commonroad"] | {"scene-0103", "scene-0916"})
+    for kind, name in (("scenarionet", "womd-sample"), ("commonroad", "commonroad")):
+        got = next(v for k, v in windowed.items() if name in k)
+        assert got and got <= set(split_scene_ids(open_source(kind, entries[kind]), "train", kind))
+    train_vae(cfg)  # and the trainer runs on them
+    assert tuple(load_checkpoint(cfg.out)["train_config"]["sources"]) == cfg.sources

@@ -38,16 +38,43 @@ NUSCENES_MINI_VAL = ("scene-0103", "scene-0916")  # official v1.0-mini val split
 VAL_STRIDE = 10  # steps between validation windows
 
 
-def open_sources(data: str, data_dir: str | None, extra_data_dirs: Sequence[str], val_scenes: Sequence[str],
+def parse_source(entry: str) -> tuple[str, str]:
+    """``"<kind>:<data_dir>"`` (an entry of a trainer config's ``sources``) -> ``(kind, data_dir)``.
+
+    ``kind`` is a :class:`~blm_gym.data.registry.SourceKind` value; a malformed entry (no colon,
+    no folder, an unknown kind) raises a ValueError that says how to write it.
+    """
+    from blm_gym.data.registry import SourceKind, source_kind
+
+    fix = ("write each entry of `sources` as '<kind>:<data_dir>', e.g. 'interaction:/data/interaction', "
+           f"with kind one of {[k.value for k in SourceKind]}")
+    if not isinstance(entry, str):
+        raise ValueError(f"sources entry {entry!r} is not a string: {fix}")
+    kind, sep, data_dir = entry.partition(":")
+    if not sep or not kind.strip() or not data_dir.strip():
+        raise ValueError(f"sources entry {entry!r} is not '<kind>:<data_dir>': {fix}")
+    try:
+        kind = source_kind(kind.strip()).value
+    except ValueError as e:
+        raise ValueError(f"sources entry {entry!r}: {e}; {fix}") from None
+    return kind, data_dir.strip()
+
+
+def open_sources(data: str, data_dir: str | None, sources: Sequence[str], val_scenes: Sequence[str],
                  synthetic_scenes: int, seed: int) -> tuple[list[SceneSource], SceneSource | None]:
     """(train sources, val source or None), split by scene id; no scene is loaded.
 
     ``data``: ``"scenarionet"`` (a ScenarioNet folder ``data_dir``; scenes whose id is in
-    ``val_scenes`` go to val) or ``"synthetic"`` (``synthetic_scenes`` highway-env scenes; the
-    last one is val). ``extra_data_dirs``: more ScenarioNet folders, used for training only.
+    ``val_scenes`` go to val, the others train) or ``"synthetic"`` (``synthetic_scenes``
+    highway-env scenes; the last one is val). ``sources``: more sources, ``"<kind>:<data_dir>"``
+    each (:func:`parse_source`), used for training only: each is opened with
+    ``open_source(kind, data_dir, split="train")``, so its held-out scenes
+    (:mod:`blm_gym.data.splits`) and any id in ``val_scenes`` are never trained on.
     """
     from blm_gym.data.registry import SubsetSource, open_source
+    from blm_gym.data.source import resolve_data_dir
 
+    parsed = [parse_source(entry) for entry in sources]  # all entries checked before any folder is read
     if data == "scenarionet":
         source = open_source("scenarionet", data_dir)
         train_ids = [s for s in source.scene_ids if s not in val_scenes]
@@ -58,16 +85,26 @@ def open_sources(data: str, data_dir: str | None, extra_data_dirs: Sequence[str]
     else:
         raise ValueError(f"unknown data {data!r}: use 'scenarionet' (with data_dir) or 'synthetic'")
     train = [SubsetSource(source, train_ids)] if train_ids else []
-    train += [open_source("scenarionet", extra) for extra in extra_data_dirs]
+    seen = {resolve_data_dir(data_dir, "scenes").resolve(): "data_dir"} if data == "scenarionet" else {}
+    for entry, (kind, folder) in zip(sources, parsed):
+        root = resolve_data_dir(folder, f"{kind} scenes (sources entry {entry!r})").resolve()
+        if root in seen:
+            raise ValueError(f"sources entry {entry!r} reads {root}, as {seen[root]} does already: its scenes would "
+                             "be trained on twice; drop one of them")
+        seen[root] = f"sources entry {entry!r}"
+        side = open_source(kind, root, split="train")
+        keep = [s for s in side.scene_ids if s not in val_scenes]
+        if keep:
+            train.append(side if len(keep) == len(side.scene_ids) else SubsetSource(side, keep))
     if not train:
         raise ValueError(f"no training scenes left after holding out val_scenes={list(val_scenes)}")
     return train, SubsetSource(source, val_ids) if val_ids else None
 
 
-def load_scenes(data: str, data_dir: str | None, extra_data_dirs: Sequence[str], val_scenes: Sequence[str],
+def load_scenes(data: str, data_dir: str | None, sources: Sequence[str], val_scenes: Sequence[str],
                 synthetic_scenes: int, seed: int) -> tuple[list[Scene], list[Scene]]:
     """(train, val) scenes of :func:`open_sources`, all loaded in memory."""
-    train, val = open_sources(data, data_dir, extra_data_dirs, val_scenes, synthetic_scenes, seed)
+    train, val = open_sources(data, data_dir, sources, val_scenes, synthetic_scenes, seed)
     load = lambda src: [src.load(i) for i in range(len(src.scene_ids))]  # noqa: E731
     return [s for src in train for s in load(src)], load(val) if val is not None else []
 
@@ -101,7 +138,7 @@ def training_data(cfg, model: BLMModel, scenes: tuple[list[Scene], list[Scene]] 
         train = InMemoryWindows(train_batch) if train_batch is not None else None
     else:
         train_sources, val_source = sources if sources is not None else open_sources(
-            cfg.data, cfg.data_dir, cfg.extra_data_dirs, cfg.val_scenes, cfg.synthetic_scenes, cfg.seed)
+            cfg.data, cfg.data_dir, cfg.sources, cfg.val_scenes, cfg.synthetic_scenes, cfg.seed)
         root = cfg.window_cache if cfg.window_cache is not None else default_cache_dir()
         ctx = distributed.init_from_env(cfg.device)
 

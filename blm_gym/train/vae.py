@@ -25,7 +25,8 @@ class VAETrainConfig:
     # data
     data: str = "scenarionet"  # "scenarionet" (data_dir: a ScenarioNet folder) or "synthetic"
     data_dir: str | None = None  # None: $BLM_GYM_DATA
-    extra_data_dirs: tuple[str, ...] = ()  # more ScenarioNet folders, training only (e.g. womd-sample)
+    sources: tuple[str, ...] = ()  # more training data, "<kind>:<data_dir>" each (e.g. "interaction:/data/interaction"),
+    #                                 train split only (blm_gym.data.splits; train.common.open_sources)
     val_scenes: tuple[str, ...] = NUSCENES_MINI_VAL  # scene ids held out for validation
     synthetic_scenes: int = 8  # scenes recorded when data == "synthetic" (the last one is val)
     window_stride: int = 2  # steps between training windows (0.1 s each)
