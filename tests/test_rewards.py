@@ -122,6 +122,12 @@ def test_safety_critical_prefers_near_misses_to_far_passes_and_to_collisions():
         return float(safety_critical(ctx_of(make_scene(x, [[0.0], [adv_y]], speed=np.full_like(x, 10.0)))))
     near, far, hit = score(2.5), score(8.0), score(1.0)
     assert near > far and near > hit
+    # the adversary enters only after the first step: nothing to make critical, the sample scores 0
+    late = make_scene(np.stack([10 + 10 * np.arange(11) * 0.1] * 2), [[0.0], [2.5]], speed=np.full((2, 11), 10.0))
+    tr = late.traj
+    valid = tr.valid.copy()
+    valid[1, 0] = False
+    assert float(safety_critical(RewardContext.from_scene(late, tr.x, tr.y, tr.heading, tr.speed, valid))) == 0.0
 
 
 def test_make_reward_parses_weights_and_parameters():

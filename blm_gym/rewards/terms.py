@@ -254,15 +254,15 @@ def safety_critical(ctx: RewardContext, adversary: int | None = None, distance_s
     smallest time to collision (3 discs per box; ``inf`` beyond 5 s, scoring 0), ``collided`` whether the
     adversary's box overlaps any other agent's at any step. The adversary is agent ``adversary``
     or, by default, per sample the valid non-ego vehicle nearest the ego at the first step among
-    those moving faster than ``ADVERSARY_MIN_SPEED`` (any vehicle if none moves).
+    those moving faster than ``ADVERSARY_MIN_SPEED`` (any vehicle if none moves); a sample with no
+    valid non-ego vehicle at its first step scores 0 (closed-loop chains can start so).
     """
     ego = ctx.ego_index
     n = ctx.x.shape[-2]
     if adversary is None:
         d0 = np.hypot(ctx.x[..., 0] - ctx.x[..., ego, None, 0], ctx.y[..., 0] - ctx.y[..., ego, None, 0])
         ok = ctx.valid[..., 0] & (ctx.agent_type == AgentType.VEHICLE) & (np.arange(n) != ego)
-        if not ok.any(-1).all():
-            raise ValueError("safety_critical: no valid non-ego vehicle at the first step; pass adversary=...")
+        alone = ~ok.any(-1)  # no vehicle to make the ego's situation critical: those samples score 0
         # prefer a moving vehicle: a parked car next to the ego cannot make its scene critical
         moving = ok & (ctx.speed[..., 0] > ADVERSARY_MIN_SPEED)
         ok = np.where(moving.any(-1, keepdims=True), moving, ok)
@@ -271,13 +271,15 @@ def safety_critical(ctx: RewardContext, adversary: int | None = None, distance_s
         if adversary != int(adversary) or not 0 <= adversary < n or adversary == ego:
             raise ValueError(f"safety_critical: adversary must index a non-ego agent in [0, {n}), got {adversary}")
         adv = np.full(ctx.batch_shape, int(adversary))
+        alone = np.zeros(ctx.batch_shape, bool)
     pick = lambda a: np.take_along_axis(np.asarray(a), adv[..., None, None], axis=-2)[..., 0, :]  # noqa: E731
     both = ctx.valid[..., ego, :] & pick(ctx.valid)
     dist = np.hypot(pick(ctx.x) - ctx.x[..., ego, :], pick(ctx.y) - ctx.y[..., ego, :])
     d_min = np.where(both, dist, np.inf).min(-1)
     ttc_min = pick(_agent_first(_ttc(ctx, 5.0, 3)[..., ego, :])).min(-1)
     collided = pick(ctx.collision).any(-1)
-    return np.exp(-d_min / distance_scale) + np.exp(-ttc_min / ttc_scale) - collision_penalty * collided
+    score = np.exp(-d_min / distance_scale) + np.exp(-ttc_min / ttc_scale) - collision_penalty * collided
+    return np.where(alone, 0.0, score)
 
 
 # ---- registry and weighted sums ----------------------------------------------------------------

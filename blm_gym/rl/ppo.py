@@ -273,7 +273,8 @@ def plot_learning_curve(rows: list[dict], path: Path) -> None:
             a.plot(it[4:], np.convolve(v, np.ones(5) / 5, "valid"), color=a.lines[-1].get_color(), label=label)
     a.set_xlabel("iteration")
     a.set_title("training batches")
-    a.legend()
+    if any(line.get_label()[:1] != "_" for line in a.lines):
+        a.legend()
     ev = [r for r in rows if r.get("eval_failure_rate") not in (None, "")]
     for k in EVAL_METRICS:
         b.plot([int(r["iteration"]) for r in ev], [float(r[f"eval_{k}"]) for r in ev], marker="o", label=k)
