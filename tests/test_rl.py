@@ -186,6 +186,11 @@ def test_finetune_logs_a_learning_curve_and_resumes_exactly(tmp_path, model):
     assert path.with_suffix(".png").stat().st_size > 0
 
 
+def test_bad_loop_is_a_clear_error():
+    with pytest.raises(ValueError, match="loop must be one of"):
+        FinetuneConfig(loop="sideways")
+
+
 def test_problems_too_short_for_the_episode_are_a_clear_error(model):
     with pytest.raises(ValueError, match="fewer chains"):
         DenoisingMDP(model, model, [(scene(12), 5)], make_reward("progress=1"), num_chains=2, num_steps=4,

@@ -167,6 +167,8 @@ class FinetuneConfig:
     device: str = "cpu"
 
     def __post_init__(self):
+        if self.loop not in {m.value for m in Loop} | set(Loop):
+            raise ValueError(f"FinetuneConfig.loop must be one of {[m.value for m in Loop]}, got {self.loop!r}")
         object.__setattr__(self, "loop", Loop(self.loop))
 
 
