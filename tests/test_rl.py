@@ -11,12 +11,13 @@ import torch
 from gymnasium.utils.env_checker import check_env
 from tianshou.data import Batch
 
-from blm_gym.data.scene import AgentType
+from blm_gym.data.scene import AgentType, Trajectories
 from blm_gym.models.blm import BLMConfig, BLMModel
 from blm_gym.models.checkpoint import load_checkpoint, load_model, save_checkpoint
 from blm_gym.rewards import RewardContext, make_reward
 from blm_gym.rl import DenoisingMDP, Loop, SceneGroupVectorEnv, chunk_realism
 from blm_gym.rl import group_env
+from blm_gym.sim.state import trajectory_checks
 from blm_gym.rl.ppo import DenoisingActor, FinetuneConfig, finetune, latent_gaussian
 from test_rewards import make_scene
 
@@ -124,7 +125,12 @@ def test_actor_log_prob_is_the_per_dim_mean_of_the_closed_form_gaussian(model):
 def test_leave_one_out_realism_gives_each_rollout_its_k_minus_1_others(monkeypatch):
     sc = scene()
     log = sc.traj.select(steps=slice(5, 16))
-    chunk = lambda dx: {"x": log.x + dx, "y": log.y, "heading": log.heading, "valid": log.valid}  # noqa: E731
+    def chunk(dx):
+        moved = Trajectories.from_states(log.x + dx, log.y, log.heading, log.speed, log.length, log.width, log.valid)
+        collision, offroad = trajectory_checks(moved, sc.road.drivable, sc.is_vehicle)
+        return {"x": moved.x, "y": moved.y, "heading": moved.heading, "valid": moved.valid, "collision": collision,
+                "offroad": offroad}
+
     chunks = [chunk(0.0), chunk(np.linspace(0, 8, 11)), chunk(np.linspace(0, 12, 11)), chunk(np.linspace(0, 16, 11))]
     seen = []
     original = group_env.log_likelihood_timeseries

@@ -67,10 +67,9 @@ class DenoisingMDP(gym.Env):
     ``num_chains * replan_steps`` logged steps after its start (closed loop), so all episodes
     have the same length. ``controlled``: who the policy drives (``all_vehicles``, or ``non_ego``:
     the ego replays its log, for objectives about the traffic around an AV under test).
-    ``seed``: each episode's noise comes from ``default_rng([seed, episode])``, so a run resumed
-    at episode ``first_episode`` draws what the uninterrupted run drew (``reset(seed=s)``
-    restarts the sequence at ``first_episode`` under seed ``s``; ``reset(options={"episode": e})``
-    plays episode ``e``).
+    ``seed``: each episode's noise comes from ``default_rng([seed, episode])``;
+    ``reset(options={"episode": e})`` plays episode ``e`` (so a resumed run draws what the
+    uninterrupted one drew) and ``reset(seed=s)`` restarts at episode 0 under seed ``s``.
     """
 
     metadata = {"render_modes": []}
@@ -79,7 +78,7 @@ class DenoisingMDP(gym.Env):
                  reward: RewardTerm, *, loop: Loop | str = Loop.CLOSED, num_chains: int = 8, num_steps: int = 5,
                  tuned_denoise_steps: int = 5, eta: float = 0.0, std_floor: float = 0.3, kl_coef: float = 0.01,
                  max_agents: int = 32, replan_every_s: float = 1.0, controlled: str = "all_vehicles",
-                 seed: int = 0, offset: int = 0, stride: int = 1, first_episode: int = 0):
+                 seed: int = 0, offset: int = 0, stride: int = 1):
         if not 1 <= tuned_denoise_steps <= num_steps:
             raise ValueError(f"DenoisingMDP: tuned_denoise_steps must be in [1, num_steps={num_steps}], "
                              f"got {tuned_denoise_steps}")
@@ -106,7 +105,7 @@ class DenoisingMDP(gym.Env):
         self.eta, self.std_floor, self.kl_coef = float(eta), float(std_floor), float(kl_coef)
         self.timesteps = model.timesteps(num_steps)
         self.seed, self.offset, self.stride = int(seed), int(offset), int(stride)
-        self._first_episode = self._episode = int(first_episode)
+        self._episode = 0
         probe = self.policy
         probe.reset(problems[0][0], problems[0][1], controlled_mask(problems[0][0], controlled),
                     np.random.default_rng(0))
@@ -162,7 +161,7 @@ class DenoisingMDP(gym.Env):
     def reset(self, *, seed=None, options=None):
         super().reset(seed=seed)
         if seed is not None:  # a seeded reset restarts the episode sequence under that seed
-            self.seed, self._episode = int(seed), self._first_episode
+            self.seed, self._episode = int(seed), 0
         if options and "episode" in options:  # play episode number ``options["episode"]``
             self._episode = int(options["episode"])
         self._problem = self.problem_of(self._episode)
@@ -212,7 +211,8 @@ class DenoisingMDP(gym.Env):
         self._state = state
         ctx = RewardContext.from_state(state, controlled=self._controlled, window=steps + 1)
         sel = slice(t0, state.current_step + 1)
-        chunk = {"start": t0, **{k: getattr(state.sim, k)[:, sel] for k in ("x", "y", "heading", "valid")}}
+        chunk = {"start": t0, **{k: getattr(state.sim, k)[:, sel] for k in ("x", "y", "heading", "valid")},
+                 "collision": state.collision[:, sel], "offroad": state.offroad[:, sel]}
         return chunk, float(self.reward(ctx))
 
 

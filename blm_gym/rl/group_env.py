@@ -30,16 +30,15 @@ TIMESERIES = ("linear_speed", "linear_acceleration", "angular_speed", "angular_a
 PER_OBJECT = ("collision_indication", "offroad_indication")  # any step of the chunk, Bernoulli per object
 
 
-def _features(scene: Scene, x, y, heading, valid, evaluated: np.ndarray, dt: float) -> dict[str, np.ndarray]:
-    """Realism features of states ``(B, N, T)``: time series ``(B, E, T)`` and any-step flags ``(B, E)``
-    of the ``evaluated`` rows ``(E,)``; collision and off-road are the simulator's checks."""
+def _features(scene: Scene, x, y, heading, valid, collision, offroad, evaluated: np.ndarray,
+              dt: float) -> dict[str, np.ndarray]:
+    """Realism features of states ``(B, N, T)`` and their per-step checks (bool, same shape):
+    time series ``(B, E, T)`` and any-step flags ``(B, E)`` of the ``evaluated`` rows ``(E,)``."""
     zeros = np.zeros_like(x)
     speed, accel, dh, d2h = wf.kinematic_features(x[:, evaluated], y[:, evaluated], zeros[:, evaluated],
                                                   heading[:, evaluated], dt)
     traj = scene.traj
     dist = wf.distance_to_nearest_object(x, y, traj.length, traj.width, heading, valid, evaluated)
-    states = type(traj).from_states(x, y, heading, zeros, traj.length, traj.width, valid)
-    collision, offroad = trajectory_checks(states, scene.road.drivable, scene.is_vehicle)
     return dict(linear_speed=speed, linear_acceleration=accel, angular_speed=dh, angular_acceleration=d2h,
                 distance_to_nearest_object=dist, collision_indication=collision[:, evaluated].any(-1),
                 offroad_indication=offroad[:, evaluated].any(-1))
@@ -49,8 +48,9 @@ def chunk_realism(scene: Scene, start: int, chunks: Sequence[dict], evaluated: n
                   config: WosacConfig = WOSAC_2025) -> np.ndarray:
     """Leave-one-out realism ``(K,)`` of K simulated chunks of one scene from log step ``start``.
 
-    ``chunks``: dicts with ``x, y, heading, valid`` ``(N, T)`` (the states of steps ``start ..
-    start + T - 1``); ``evaluated``: bool ``(N,)``, the agents scored (those valid in the log at
+    ``chunks``: dicts with ``x, y, heading, valid`` and the simulator's checks ``collision,
+    offroad`` ``(N, T)`` (steps ``start .. start + T - 1``; the log's checks come from
+    :func:`~blm_gym.sim.state.trajectory_checks`, as the simulator's do); ``evaluated``: bool ``(N,)``, the agents scored (those valid in the log at
     ``start``). ``M(S)`` for a set of chunks is the WOSAC meta-metric restricted to the features
     a chunk defines (:data:`TIMESERIES` histograms over the set's values per object,
     :data:`PER_OBJECT` Bernoulli), weighted as ``config`` weights them; entry ``k`` is
@@ -64,9 +64,12 @@ def chunk_realism(scene: Scene, start: int, chunks: Sequence[dict], evaluated: n
     ev = np.flatnonzero(np.asarray(evaluated, bool) & log.valid[:, 0])
     if len(ev) == 0:
         return np.zeros(k)
-    stack = lambda name: np.stack([c[name] for c in chunks]).astype(np.float32)  # noqa: E731
-    sim = _features(scene, stack("x"), stack("y"), stack("heading"), stack("valid").astype(bool), ev, scene.dt)
-    logf = _features(scene, log.x[None], log.y[None], log.heading[None], log.valid[None], ev, scene.dt)
+    stack = lambda name: np.stack([c[name] for c in chunks])  # noqa: E731
+    sim = _features(scene, *(stack(k).astype(np.float32) for k in ("x", "y", "heading")),
+                    *(stack(k).astype(bool) for k in ("valid", "collision", "offroad")), ev, scene.dt)
+    log_checks = trajectory_checks(log, scene.road.drivable, scene.is_vehicle)
+    logf = _features(scene, log.x[None], log.y[None], log.heading[None], log.valid[None],
+                     *(c[None] for c in log_checks), ev, scene.dt)
     weights = {n: config.feature(n).metametric_weight for n in TIMESERIES + PER_OBJECT}
     log_valid = log.valid[ev]
 
