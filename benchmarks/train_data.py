@@ -5,11 +5,13 @@ Prints one JSON object. For each size, in a fresh subprocess each (so peak RSS i
 * ``build``: :func:`blm_gym.train.window_cache.open_window_cache` cutting every window into a
   fresh cache: seconds, scenes/s, windows, bytes on disk, peak RSS (``ru_maxrss``) of the process.
 * ``read``: ``batches`` training batches of ``batch_size`` windows through the trainers' own
-  DataLoader (:class:`~blm_gym.train.loader.StepBatchSampler`: uniform, seeded by (seed, step)),
-  with ``0`` and ``workers`` worker processes: windows/s after the first batch, peak RSS of the
-  reading process and (with workers) of the largest worker. Load on a shared machine only slows
-  a run down, so the figure is the best of ``repeats`` runs in each of ``rounds`` subprocesses,
-  the sizes taking turns (peak RSS: the highest seen).
+  loader (:func:`~blm_gym.train.loader.make_loader`, :class:`~blm_gym.train.loader.StepBatchSampler`:
+  uniform, seeded by (seed, step)), with ``0`` and ``workers`` worker processes: windows/s after
+  the first batch, peak RSS of the reading process and (with workers) of the largest worker, and
+  ``cpu_us_per_batch``: CPU time of the reading (training) process per batch, what reading costs
+  the training step. Load on a shared machine only slows a run down, so the figure is the best
+  of ``repeats`` runs in each of ``rounds`` subprocesses, the sizes taking turns (peak RSS: the
+  highest seen; CPU: the lowest).
   Every shard file is read through once first, so both sizes are read from a warm page cache
   (the machine's free memory holds the 5,000-scene cache): this measures the loader, not the disk.
 * ``control``: the floor set by memory itself: the same random gather of window-sized rows from
@@ -17,7 +19,9 @@ Prints one JSON object. For each size, in a fresh subprocess each (so peak RSS i
   table miss the CPU caches and TLB far more than those of a 44 MB one.
 
 ``ratio_large_over_small``: 5,000 over 100 scenes, with the goals: peak RSS of reading within
-1.5x, windows/s at least 0.8x (``control_windows_per_s``: the same ratio for the in-RAM gather).
+1.5x, windows/s at least 0.8x (``control_windows_per_s``: the same ratio for the in-RAM gather;
+``cpu_per_batch``: of the reading process's CPU per batch, less sensitive to other load than
+windows/s, reported only).
 ``in_memory_100``: for reference, the old path (every window collated in one in-memory batch)
 on the 100 scenes: its peak RSS and the batch's bytes (x 50 for 5,000 scenes).
 
@@ -133,17 +137,19 @@ def child_read(args) -> dict:
     data = CachedWindows([cache])
     out = {"windows_in_cache": len(data)}
     for workers in (0, args.workers):
-        rates = []
+        rates, cpu = [], []
         for rep in range(args.repeats):  # best of repeats: on a shared machine contention only slows a run
             sampler = StepBatchSampler(range(len(data)), args.batch_size, seed=rep, start=0, stop=args.batches + 1)
-            count, t0 = 0, None
+            count, t0, c0 = 0, None, None
             for i, batch in enumerate(make_loader(data, sampler, workers)):
                 if i == 0:
-                    t0 = time.perf_counter()  # after the first batch: workers started
+                    t0, c0 = time.perf_counter(), time.process_time()  # after the first batch: workers started
                     continue
                 count += batch.batch_size
             rates.append(count / (time.perf_counter() - t0))
-        out[f"workers_{workers}"] = {"windows_per_s": round(max(rates)), "peak_rss_mb": round(peak_rss_mb())}
+            cpu.append((time.process_time() - c0) / args.batches)
+        out[f"workers_{workers}"] = {"windows_per_s": round(max(rates)), "peak_rss_mb": round(peak_rss_mb()),
+                                     "cpu_us_per_batch": round(min(cpu) * 1e6)}
     out[f"workers_{args.workers}"]["worker_peak_rss_mb"] = round(peak_rss_mb(resource.RUSAGE_CHILDREN))
     return out
 
@@ -176,7 +182,8 @@ def child_in_memory(args) -> dict:
 
 
 def best(a: dict | None, b: dict) -> dict:
-    """``b`` with every ``windows_per_s`` the higher of ``a``'s and ``b``'s and every ``*rss_mb`` the higher."""
+    """``b`` with every ``windows_per_s`` and ``*rss_mb`` the higher of ``a``'s and ``b``'s, every
+    ``cpu_us_per_batch`` the lower."""
     if a is None:
         return b
     out = {}
@@ -185,6 +192,8 @@ def best(a: dict | None, b: dict) -> dict:
             out[k] = best(a[k], v)
         elif k == "windows_per_s" or k.endswith("rss_mb"):
             out[k] = max(a[k], v)
+        elif k == "cpu_us_per_batch":
+            out[k] = min(a[k], v)
         else:
             out[k] = v
     return out
@@ -242,7 +251,8 @@ def main() -> None:
         for key in ("workers_0", f"workers_{args.workers}"):
             a, b = small["read"][key], large["read"][key]
             ratio[key] = {"peak_rss": round(b["peak_rss_mb"] / a["peak_rss_mb"], 3),
-                          "windows_per_s": round(b["windows_per_s"] / a["windows_per_s"], 3)}
+                          "windows_per_s": round(b["windows_per_s"] / a["windows_per_s"], 3),
+                          "cpu_per_batch": round(b["cpu_us_per_batch"] / a["cpu_us_per_batch"], 3)}
         ratio["build_peak_rss"] = round(large["build"]["peak_rss_mb"] / small["build"]["peak_rss_mb"], 3)
         ratio["control_windows_per_s"] = round(large["control"]["windows_per_s"] / small["control"]["windows_per_s"], 3)
         ratio["goals"] = {"peak_rss <= 1.5": all(r["peak_rss"] <= 1.5 for k, r in ratio.items() if k.startswith("w")),

@@ -73,6 +73,13 @@ def test_round_trip_equals_in_memory_windows(tmp_path):
     assert_same(data.read_all(), expected)
     idx = [7, 0, 7, 3, 9]  # any order, repeats, across shards
     assert_same(data.read(idx), expected.index(torch.tensor(idx)))
+    # read into a given buffer (a worker's shared-memory slot): field by field, views of it
+    buffer = np.zeros(wc.field_layout(cache.dtype, 8)[1], np.uint8)  # room for more than 5
+    fields = data.reader.read(idx, buffer)
+    assert_same(wc.fields_to_batch(fields), expected.index(torch.tensor(idx)))
+    assert all(np.shares_memory(v, buffer) for v in fields.values()) and fields["scene"].tolist() == [1, 0, 1, 0, 1]
+    with pytest.raises(ValueError, match="at least"):
+        data.reader.read(idx, buffer[:100])
     assert data.scene_index(range(10)).tolist() == [0] * 5 + [1] * 5
     assert (cache.folder / "manifest.json").is_file()
     assert np.load(cache.folder / "shard-00000.npy", mmap_mode="r")["hist"].shape == (3, 8, 10, 6)  # plain .npy
@@ -162,6 +169,8 @@ def test_damaged_cache_errors_name_the_fix(tmp_path):
         open_window_cache(source, WINDOW, tmp_path / "cache")
     with pytest.raises(DamagedWindowCacheError, match=r"shard-00001.npy vanished"):
         data.read([4])  # opened before: reading says so too
+    with pytest.raises(DamagedWindowCacheError, match=r"shard-00001.npy vanished"):  # so does a loader's worker
+        list(make_loader(data, StepBatchSampler(range(len(data)), 10, 0, 0, 1), workers=1))
     shard.write_bytes(raw[:-100])  # truncated
     with pytest.raises(DamagedWindowCacheError, match=r"shard-00001.npy is truncated.*rm -r"):
         open_window_cache(source, WINDOW, tmp_path / "cache")
@@ -176,11 +185,11 @@ def test_damaged_cache_errors_name_the_fix(tmp_path):
 def test_loader_with_workers_yields_the_same_batches(tmp_path):
     source = make_source(tmp_path / "data", {"a": 0, "b": 1, "c": 2})
     data = CachedWindows([open_window_cache(source, WINDOW, tmp_path / "cache", shard_bytes=SMALL_SHARDS)])
-    sampler = StepBatchSampler(range(len(data)), batch_size=4, seed=3, start=0, stop=6)
+    sampler = StepBatchSampler(range(len(data)), batch_size=4, seed=3, start=0, stop=14)
     serial = list(make_loader(data, sampler, workers=0))
-    parallel = list(make_loader(data, sampler, workers=2))
-    assert len(serial) == len(parallel) == 6
-    for a, b in zip(serial, parallel):
+    parallel = list(make_loader(data, sampler, workers=2))  # 7 batches per worker through its 3 reused slots
+    assert len(serial) == len(parallel) == 14
+    for a, b in zip(serial, parallel):  # every batch kept intact after its slot was reused
         assert_same(a, b)
     # the order is a function of (seed, step): resuming at step 4 reads steps 4 and 5 again
     resumed = list(make_loader(data, StepBatchSampler(range(len(data)), 4, 3, start=4, stop=6), workers=0))

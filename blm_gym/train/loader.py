@@ -1,10 +1,12 @@
-"""Training windows as a ``torch.utils.data.Dataset``, the step-seeded batch order, and the DataLoader.
+"""Training windows as a ``torch.utils.data.Dataset``, the step-seeded batch order, and the loader.
 
 - :class:`CachedWindows`: windows of one or more on-disk caches (:mod:`blm_gym.train.window_cache`),
   concatenated, read by positional reads of their shards; :class:`InMemoryWindows`: windows already
   collated in memory (scenes passed in by the caller). Both read a list of indices into one
-  :class:`AgentBatch` ``(B, ...)`` (``__getitems__``), so a DataLoader with any number of workers
-  yields the batches the training loop consumes, as the loop used to build them.
+  :class:`AgentBatch` ``(B, ...)`` (``read``, ``__getitems__``).
+- :class:`WindowLoader` (:func:`make_loader`): the batches the training loop consumes, as the loop
+  used to build them, read in the training process or by DataLoader worker processes that hand
+  each batch over through a reused slot of shared memory.
 - :class:`StepBatchSampler`: the windows of step ``s`` are drawn uniformly with replacement from a
   generator seeded with ``(seed, s)`` alone (:func:`step_indices`), so the data order is a function
   of the seed and the step: a run resumed at step ``s`` reads what an uninterrupted run reads, and
@@ -13,14 +15,15 @@
 """
 from __future__ import annotations
 
+import time
 from typing import Iterator, Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
 
 from blm_gym.models.batch import AgentBatch
-from blm_gym.train.window_cache import ShardReader, WindowCache, records_to_batch
+from blm_gym.train.window_cache import ShardReader, WindowCache, field_layout, field_views, fields_to_batch
 
 
 class Windows(Dataset):
@@ -85,7 +88,7 @@ class CachedWindows(Windows):
         return len(self.reader)
 
     def read(self, indices: Sequence[int]) -> AgentBatch:
-        return records_to_batch(self.reader.read(indices))
+        return fields_to_batch(self.reader.read(indices))
 
     def scene_index(self, indices: Sequence[int]) -> np.ndarray:
         """Position of each window's scene in its source (``(len(indices),)`` int32)."""
@@ -118,20 +121,87 @@ class StepBatchSampler(Sampler[list[int]]):
             yield [int(self.positions[int(p)]) for p in picks]
 
 
-def _as_is(batch: AgentBatch) -> AgentBatch:
-    """The DataLoader's collate_fn: ``Windows.__getitems__`` already returns the collated batch."""
+def _as_is(batch: tuple[int, int, int]) -> tuple[int, int, int]:
+    """The DataLoader's collate_fn: ``__getitems__`` already returns the whole batch (where it lies)."""
     return batch
 
 
-def make_loader(windows: Windows, sampler: Sampler, workers: int = 0) -> DataLoader:
-    """A DataLoader yielding one :class:`AgentBatch` per list ``sampler`` gives, in its order.
+class _SlotWindows(Dataset):
+    """What a DataLoader worker reads: each batch into the worker's next slot of a ring in shared memory.
 
-    ``workers`` processes read ahead (two batches each); windows held in memory are read in the
-    main process whatever ``workers`` says (copying them to workers would only cost).
+    ``slots`` ``(workers, K, bytes)`` uint8 and ``busy`` ``(workers, K)`` int32 are shared memory
+    made before the workers start. A worker fills its slot ``k`` once the training process has
+    copied the slot's last batch out (``busy == 0``) and returns only ``(worker, k, n)``: a fresh
+    shared-memory block per batch (the DataLoader's way) costs a file, a mapping and their page
+    faults in both processes, several times the read itself.
     """
-    workers = 0 if isinstance(windows, InMemoryWindows) else int(workers)
-    return DataLoader(windows, batch_sampler=sampler, collate_fn=_as_is, num_workers=workers,
-                      prefetch_factor=2 if workers else None)
+
+    def __init__(self, windows: CachedWindows, slots: torch.Tensor, busy: torch.Tensor):
+        self.windows, self.slots, self.busy = windows, slots, busy
+        self.count = 0  # batches this worker has read (each worker counts in its own copy)
+
+    def __len__(self) -> int:
+        return len(self.windows)
+
+    def __getitems__(self, indices: Sequence[int]) -> tuple[int, int, int]:
+        worker, k = get_worker_info().id, self.count % self.slots.shape[1]
+        self.count += 1
+        busy = self.busy.numpy()
+        while busy[worker, k]:  # a safeguard: the DataLoader never runs this far ahead (see WindowLoader)
+            time.sleep(1e-4)
+        self.windows.reader.read(indices, self.slots[worker, k].numpy())
+        busy[worker, k] = 1
+        return worker, k, len(indices)
 
 
-__all__ = ["Windows", "InMemoryWindows", "CachedWindows", "StepBatchSampler", "step_indices", "make_loader"]
+class WindowLoader:
+    """Iterates one :class:`AgentBatch` per list of indices ``sampler`` gives (it needs a
+    ``batch_size``), in its order: read in the training process (``workers=0``) or by ``workers``
+    DataLoader processes, each ``PREFETCH`` batches ahead.
+
+    Workers read into reused shared-memory slots (:class:`_SlotWindows`); the training process
+    copies each batch out of its slot into memory of its own, so a batch stays valid however long
+    it is kept, then frees the slot.
+    """
+
+    PREFETCH = 2
+
+    def __init__(self, windows: Windows, sampler: Sampler, workers: int):
+        if workers and not isinstance(windows, CachedWindows):
+            raise TypeError("WindowLoader: only CachedWindows are read by workers")
+        self.windows, self.sampler, self.workers = windows, sampler, int(workers)
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+    def __iter__(self) -> Iterator[AgentBatch]:
+        if not self.workers:
+            for indices in self.sampler:
+                yield self.windows.read(indices)
+            return
+        dtype = self.windows.reader.dtype
+        # K = PREFETCH + 1 slots per worker: the DataLoader hands a worker at most PREFETCH batches beyond
+        # the one being copied out. A ring per iteration: workers of an abandoned one keep theirs.
+        slots = torch.empty((self.workers, self.PREFETCH + 1, field_layout(dtype, self.sampler.batch_size)[1]),
+                            dtype=torch.uint8).share_memory_()
+        busy = torch.zeros(slots.shape[:2], dtype=torch.int32).share_memory_()
+        loader = DataLoader(_SlotWindows(self.windows, slots, busy), batch_sampler=self.sampler, collate_fn=_as_is,
+                            num_workers=self.workers, prefetch_factor=self.PREFETCH)
+        slot_bytes, busy_flags = slots.numpy(), busy.numpy()
+        for worker, k, n in loader:
+            own = slot_bytes[worker, k, :field_layout(dtype, n)[1]].copy()
+            busy_flags[worker, k] = 0  # the worker may refill it
+            yield fields_to_batch(field_views(own, dtype, n))
+
+
+def make_loader(windows: Windows, sampler: Sampler, workers: int = 0) -> WindowLoader:
+    """The :class:`WindowLoader` of ``windows`` in ``sampler``'s order, read by ``workers`` processes.
+
+    Windows held in memory are read in the training process whatever ``workers`` says (copying
+    them to workers would only cost).
+    """
+    return WindowLoader(windows, sampler, workers if isinstance(windows, CachedWindows) else 0)
+
+
+__all__ = ["Windows", "InMemoryWindows", "CachedWindows", "StepBatchSampler", "step_indices", "WindowLoader",
+           "make_loader"]

@@ -14,9 +14,10 @@ A record holds every :class:`AgentBatch` field of one window without the batch d
 the scene's position in the source). A shard is a plain ``.npy`` file (``np.load(path,
 mmap_mode="r")["hist"]`` reads it); shards hold at most ``shard_bytes`` of records.
 
-Reading (:class:`ShardReader`) copies each requested record straight from its shard into the
-batch buffer with ``os.preadv``, through the OS page cache. A long-lived memory map reads as
-fast, but the pages it touches count in the reader's RSS, which would then grow with the cache.
+Reading (:class:`ShardReader`) scatters each requested record's fields straight from its shard
+into the batch's field-major buffer with one ``os.preadv``, through the OS page cache. A
+long-lived memory map reads as fast, but the pages it touches count in the reader's RSS, which
+would then grow with the cache.
 
 Building (:func:`build_window_cache`) loads one scene at a time and flushes full shards, so its
 memory does not grow with the number of scenes. It writes into a temp folder beside the final one
@@ -41,10 +42,12 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import fcntl
+import functools
 import hashlib
 import json
 import os
 import re
+import resource
 import shutil
 import socket
 import uuid
@@ -485,19 +488,45 @@ def _descr(dtype: np.dtype) -> list:
     return json.loads(json.dumps(dtype.descr))
 
 
+@functools.lru_cache(maxsize=64)  # asked twice per batch, for a few batch sizes
+def field_layout(dtype: np.dtype, n: int) -> tuple[tuple[tuple[str, np.dtype, int], ...], int]:
+    """How ``n`` records of ``dtype`` lie field by field in one buffer: ``(name, field dtype, byte
+    offset)`` per field, each field ``(n, *shape)`` C-contiguous from an 8-byte aligned offset; and
+    the buffer's size in bytes."""
+    layout, offset = [], 0
+    for name in dtype.names:
+        sub = dtype.fields[name][0]
+        layout.append((name, sub, offset))
+        offset += -(-n * sub.itemsize // 8) * 8
+    return tuple(layout), offset
+
+
+def field_views(buffer: np.ndarray, dtype: np.dtype, n: int) -> dict[str, np.ndarray]:
+    """The fields ``{name: (n, *shape)}`` of ``n`` records laid out in ``buffer`` (uint8) by :func:`field_layout`."""
+    return {name: buffer[offset: offset + n * sub.itemsize].view(sub.base).reshape((n,) + sub.shape)
+            for name, sub, offset in field_layout(dtype, n)[0]}
+
+
 class ShardReader:
     """Reads records of the concatenated ``shards`` (all of ``dtype``) by global window index.
 
-    Reads are positional (``os.preadv`` of each record straight into the output buffer), not a
-    long-lived memory map: pages mapped into a process count in its RSS, so mapping a cache of
-    many GB would grow the reader's memory with every window it touches, while ``preadv`` goes
-    through the same OS page cache and leaves the process's memory flat. Up to ``max_open``
-    shard files stay open; the handles are not pickled (each DataLoader worker opens its own).
+    Reads are positional: one ``os.preadv`` per record scatters its fields straight from the OS
+    page cache into a field-major buffer (:func:`field_layout`), the layout of the batch's tensors,
+    so each byte is copied once. Not a long-lived memory map: pages mapped into a process count in
+    its RSS, so mapping a cache of many GB would grow the reader's memory with every window it
+    touches, while ``preadv`` leaves the process's memory flat. Up to ``max_open`` shard files
+    stay open (None: a quarter of the process's file limit, at least 64: every shard of a cache of
+    many GB, rather than an open and a close per read); the handles are not pickled (each
+    DataLoader worker opens its own).
     """
 
-    def __init__(self, shards: list[Shard], dtype: np.dtype, max_open: int = 64):
+    def __init__(self, shards: list[Shard], dtype: np.dtype, max_open: int | None = None):
+        if max_open is None:
+            max_open = max(64, resource.getrlimit(resource.RLIMIT_NOFILE)[0] // 4)
         self.shards, self.dtype, self.max_open = list(shards), dtype, max_open
         self.starts = np.concatenate([[0], np.cumsum([s.windows for s in self.shards], dtype=np.int64)])
+        # file offset of global window i in shard s: base[s] + i * itemsize
+        self.base = np.array([s.offset for s in self.shards] + [0], np.int64) - self.starts * dtype.itemsize
         self._files: dict[int, object] = {}
 
     def __len__(self) -> int:
@@ -506,8 +535,10 @@ class ShardReader:
     def __getstate__(self) -> dict:
         return {**self.__dict__, "_files": {}}
 
-    def _file(self, s: int):
-        f = self._files.pop(s, None)
+    def _fd(self, s: int) -> int:
+        """The descriptor of shard ``s``'s file: opened and checked on first use; beyond
+        ``max_open`` the oldest is closed (reads are uniform: no order is better)."""
+        f = self._files.get(s)
         if f is None:
             shard = self.shards[s]
             folder, name = Path(shard.path).parent, Path(shard.path).name
@@ -521,51 +552,42 @@ class ShardReader:
                 raise _damaged(folder, f"shard {name} changed while reading (rebuilt by another process?)")
             if len(self._files) >= self.max_open:
                 self._files.pop(next(iter(self._files))).close()
-        self._files[s] = f  # most recently used last
-        return f
+            self._files[s] = f
+        return f.fileno()
 
-    def read(self, indices: Iterable[int]) -> np.ndarray:
-        """Records ``(len(indices),)`` at global window ``indices`` (any order, repeats allowed)."""
+    def read(self, indices: Iterable[int], out: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        """The records at global window ``indices`` (any order, repeats allowed), as their fields
+        ``{name: (len(indices), *shape)}``: views of ``out`` (uint8, at least :func:`field_layout`'s
+        size; None: a new buffer), row ``j`` holding window ``indices[j]``."""
         idx = np.asarray(indices if isinstance(indices, (np.ndarray, torch.Tensor)) else list(indices), np.int64)
-        if idx.size and (idx.min() < 0 or idx.max() >= self.starts[-1]):
+        n = len(idx)
+        if n and (idx.min() < 0 or idx.max() >= self.starts[-1]):
             raise IndexError(f"window index out of range [0, {self.starts[-1]})")
-        which = np.searchsorted(self.starts, idx, side="right") - 1
-        out = np.empty(len(idx), self.dtype)
-        raw = out.view(np.uint8).reshape(len(idx), self.dtype.itemsize)
-        for j, (i, s) in enumerate(zip(idx.tolist(), which.tolist())):
-            shard = self.shards[s]
-            got = os.preadv(self._file(s).fileno(), [raw[j]], shard.offset + (i - int(self.starts[s])) * self.dtype.itemsize)
-            if got != self.dtype.itemsize:
-                raise _damaged(Path(shard.path).parent, f"shard {Path(shard.path).name} is truncated")
-        return out
+        layout, nbytes = field_layout(self.dtype, n)
+        out = np.empty(nbytes, np.uint8) if out is None else out
+        if out.dtype != np.uint8 or out.ndim != 1 or out.nbytes < nbytes:
+            raise ValueError(f"out must be a 1-D uint8 buffer of at least {nbytes} bytes")
+        fields = [(memoryview(out[offset: offset + n * sub.itemsize]), sub.itemsize) for _, sub, offset in layout]
+        # ascending file order: one file lookup per shard, reads moving forward through each file
+        rows = np.argsort(idx, kind="stable")
+        which = np.searchsorted(self.starts, idx[rows], side="right") - 1
+        at = self.base[which] + idx[rows] * self.dtype.itemsize
+        current, fd = -1, -1
+        for j, s, pos in zip(rows.tolist(), which.tolist(), at.tolist()):
+            if s != current:
+                current, fd = s, self._fd(s)
+            if os.preadv(fd, [view[j * size: (j + 1) * size] for view, size in fields], pos) != self.dtype.itemsize:
+                shard = Path(self.shards[s].path)
+                raise _damaged(shard.parent, f"shard {shard.name} is truncated")
+        return field_views(out, self.dtype, n)
 
 
-_TORCH_DTYPES = {np.dtype(np.float32): torch.float32, np.dtype(np.int64): torch.int64, np.dtype(np.bool_): torch.bool}
-
-
-def records_to_batch(records: np.ndarray) -> AgentBatch:
-    """Records of :func:`record_dtype` -> the :class:`AgentBatch` ``(B = len(records), ...)`` they store.
-
-    Every field is a view of one buffer (fields 8-byte aligned in it). In a DataLoader worker the
-    buffer is shared memory from the start, so the batch reaches the training process as one
-    block, with no copy and no block per field (about 5x less CPU per batch than 13 tensors, and
-    the workers' memory stays flat).
-    """
-    n = len(records)
-    fields = [(k, records.dtype.fields[k][0]) for k in BATCH_FIELDS]
-    sizes = [-(-n * sub.itemsize // 8) * 8 for _, sub in fields]
-    buffer = torch.empty(sum(sizes), dtype=torch.uint8)
-    if torch.utils.data.get_worker_info() is not None:  # in a DataLoader worker: fill shared memory directly
-        buffer.share_memory_()
-    out, offset = {}, 0
-    for (name, sub), size in zip(fields, sizes):
-        t = buffer[offset: offset + n * sub.itemsize].view(_TORCH_DTYPES[sub.base]).view((n,) + sub.shape)
-        t.numpy()[...] = records[name]
-        out[name] = t
-        offset += size
-    return AgentBatch(**out)
+def fields_to_batch(fields: dict[str, np.ndarray]) -> AgentBatch:
+    """The :class:`AgentBatch` whose tensors share memory with ``fields`` (e.g. :meth:`ShardReader.read`'s)."""
+    return AgentBatch(**{name: torch.from_numpy(fields[name]) for name in BATCH_FIELDS})
 
 
 __all__ = ["WindowConfig", "WindowCache", "open_window_cache", "build_window_cache", "source_fingerprint",
-           "cache_folder", "default_cache_dir", "record_dtype", "ShardReader", "records_to_batch",
-           "WindowCacheError", "StaleWindowCacheError", "DamagedWindowCacheError", "CACHE_FORMAT_VERSION"]
+           "cache_folder", "default_cache_dir", "record_dtype", "ShardReader", "field_layout", "field_views",
+           "fields_to_batch", "WindowCacheError", "StaleWindowCacheError", "DamagedWindowCacheError",
+           "CACHE_FORMAT_VERSION"]
