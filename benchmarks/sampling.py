@@ -16,6 +16,21 @@
 ``--finetuned PATH`` also times that stage-3 model without guidance (``closed_loop_finetuned_s`` and
 its ratio to the guided time). Usage: ``python benchmarks/sampling.py [--threads 1] [--repeats 3]``. Timings on shared machines
 vary by up to 1.8x between runs: compare the ratios within one run.
+
+``--agents N`` (big scenes, issue #17 item 6): instead, an 8 s guided closed-loop episode of N
+vehicles on a long 4-lane highway (:func:`highway_scene`), every vehicle driven by the policy,
+replanning every 1 s, with every valid road user planned (``max_agents`` None) three ways:
+``one_plan`` (one joint plan of everyone, as before neighbourhoods: the baseline),
+``neighbourhoods`` (bounded plans of ``--neighbourhood`` agents around the vehicles, all in one
+batched call) and ``default`` (the policy as shipped: one plan up to ``MAX_PLAN_AGENTS`` road
+users, neighbourhoods of 32 beyond). Per setting: wall and CPU seconds per episode (median of ``--repeats``; CPU
+time is this process's, less inflated by other load than wall time), ``x_real_time`` (8 s / wall
+s), the collision rate of the controlled vehicles, and the ratio to ``one_plan`` in the same run.
+
+``--rollout-throughput DIR`` (with ``--agents``' settings unused): ``blm-gym rollout``'s runner on
+every scene of the nuScenes-mini folder DIR (policy ``blm``, ``--samples`` episodes of
+``--horizon`` s from step 30 per scene), one episode at a time vs ``--scenes-per-batch`` episodes
+in lockstep; simulated seconds per wall / CPU second.
 """
 from __future__ import annotations
 
@@ -35,14 +50,19 @@ from blm_gym.models import BLMModel, make_agent_batch
 from blm_gym.models.checkpoint import load_model
 from blm_gym.models.guidance import GuidanceConfig
 from blm_gym.models.schedule import cosine_alpha_bar
-from blm_gym.policies.latent_diffusion import DEFAULT_CHECKPOINT, LatentDiffusionPolicy
+from blm_gym.envs import scene_source
+from blm_gym.policies import make_policy
+from blm_gym.policies.latent_diffusion import DEFAULT_CHECKPOINT, MAX_PLAN_AGENTS, LatentDiffusionPolicy
+from blm_gym.rollout.runner import run_rollouts
 from blm_gym.sim.state import SimulatorState, step
 
 NUM_AGENTS, FUTURE, TRAJ_CHANNELS = 32, 52, 6
 
 
 def highway_scene(num_agents: int = NUM_AGENTS, steps: int = 215) -> Scene:
-    """``num_agents`` cars at constant speed on a 4-lane straight road (the log the sim starts from)."""
+    """``num_agents`` cars at constant speed on a 4-lane straight road (the log the sim starts from),
+    4 abreast every 20 m. The road is 650 m long (one lane polyline each) or, for more cars, as long
+    as the log needs, its lanes cut into 100 m segments (as maps store lanes)."""
     rng = np.random.default_rng(0)
     lane = np.arange(num_agents) % 4
     x0 = np.arange(num_agents) // 4 * 20.0 + rng.uniform(0, 5, num_agents)
@@ -52,9 +72,12 @@ def highway_scene(num_agents: int = NUM_AGENTS, steps: int = 215) -> Scene:
     y = np.broadcast_to(lane[:, None] * 3.5, x.shape)
     traj = Trajectories.from_states(x, y, np.zeros_like(x), np.broadcast_to(v[:, None], x.shape),
                                     np.full(num_agents, 4.5), np.full(num_agents, 1.8), np.ones(x.shape, bool))
-    lanes, mask = pad_polylines([np.stack([np.linspace(-50, 600, 131), np.full(131, i * 3.5)], -1) for i in range(4)])
+    end = max(600.0, float(np.ceil(x.max() + 50)))
+    cuts = [(-50.0, 600.0)] if end == 600.0 else [(a, min(a + 100.0, end)) for a in np.arange(-50.0, end, 100.0)]
+    lanes, mask = pad_polylines([np.stack([np.linspace(a, b, int(round((b - a) / 5)) + 1), np.full(
+        int(round((b - a) / 5)) + 1, i * 3.5)], -1) for i in range(4) for a, b in cuts])
     road = RoadMap(lanes, mask, np.zeros((0, 1, 2), np.float32), np.zeros((0, 1), bool),
-                   DrivableArea.from_geometry(shapely.box(-50, -2, 600, 12.5), resolution=1.0))
+                   DrivableArea.from_geometry(shapely.box(-50, -2, end, 12.5), resolution=1.0))
     return Scene("bench-highway", "bench", 0.1, tuple(map(str, range(num_agents))),
                  np.full(num_agents, AgentType.VEHICLE, np.int8), 0, traj, road)
 
@@ -143,18 +166,114 @@ def time_closed_loop(model: BLMModel, scene: Scene, seconds: float = 20.0, **pol
     return time.perf_counter() - t0
 
 
+def time_big_episode(model: BLMModel, scene: Scene, seconds: float = 8.0, **policy_kwargs) -> dict:
+    """One guided closed-loop episode of ``seconds`` with every vehicle driven and every valid road
+    user planned: wall and CPU seconds, and the share of vehicles that collided."""
+    policy = LatentDiffusionPolicy(model, replan_every_s=1.0, max_agents=None, **policy_kwargs)
+    start = model.config.history_steps - 1
+    wall, cpu = time.perf_counter(), time.process_time()
+    policy.reset(scene, start, scene.is_vehicle.copy(), np.random.default_rng(0))
+    state = SimulatorState.from_log(scene, start)
+    for _ in range(int(round(seconds / scene.dt))):
+        state = step(state, policy.act(state))
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    collided = state.collision[:, start + 1:state.current_step + 1].any(-1)[scene.is_vehicle]
+    return {"wall_s": wall, "cpu_s": cpu, "collided": float(collided.mean())}
+
+
+def big_scene_report(model: BLMModel, num_agents: int, neighbourhood: int, repeats: int) -> dict:
+    """``--agents``: the 8 s guided episode of ``num_agents`` vehicles, one plan vs neighbourhoods."""
+    scene = highway_scene(num_agents)
+    settings = {"one_plan": {"max_plan_agents": None},
+                "neighbourhoods": {"max_plan_agents": neighbourhood, "neighbourhood": neighbourhood}, "default": {}}
+    time_big_episode(model, highway_scene(NUM_AGENTS), seconds=1.0)  # warm-up: loads the compiled guidance loops
+    runs = {name: [] for name in settings}
+    for _ in range(repeats):  # interleaved, so load changes on a shared machine hit every setting alike
+        for name, kwargs in settings.items():
+            runs[name].append(time_big_episode(model, scene, **kwargs))
+    out = {}
+    for name, rs in runs.items():
+        wall, cpu = (statistics.median(r[k] for r in rs) for k in ("wall_s", "cpu_s"))
+        out[name] = {"wall_s": round(wall, 3), "cpu_s": round(cpu, 3), "x_real_time": round(8.0 / wall, 2),
+                     "x_real_time_cpu": round(8.0 / cpu, 2),
+                     "collided_vehicles": round(statistics.mean(r["collided"] for r in rs), 4),
+                     "runs_wall_s": [round(r["wall_s"], 3) for r in rs]}
+    base = out["one_plan"]
+    for name in ("neighbourhoods", "default"):
+        out[name]["speedup_vs_one_plan_wall"] = round(base["wall_s"] / out[name]["wall_s"], 3)
+        out[name]["speedup_vs_one_plan_cpu"] = round(base["cpu_s"] / out[name]["cpu_s"], 3)
+    return {"agents": num_agents, "episode_s": 8.0, "replan_every_s": 1.0, "guided": True,
+            "goal": "8 s episode in <= 2 s wall (4x real time)", "neighbourhood": neighbourhood,
+            "default_max_plan_agents": MAX_PLAN_AGENTS, **out}
+
+
+def rollout_throughput(data_dir: str, scenes_per_batch: int, repeats: int, horizon_s: float = 10.0,
+                       samples: int = 1) -> dict:
+    """``--rollout-throughput``: the rollout runner on every nuScenes-mini scene (policy ``blm``),
+    one episode at a time vs ``scenes_per_batch`` in lockstep, interleaved ``repeats`` times."""
+    source = scene_source("BLM-nuScenes-v0", data_dir, None)
+    ids = list(source.scene_ids)
+
+    def run(n: int, ids=ids, horizon=horizon_s, samples=samples) -> dict:
+        wall, cpu = time.perf_counter(), time.process_time()
+        rollouts = run_rollouts(source, lambda: make_policy("blm"), scene_ids=ids, horizon_s=horizon,
+                                samples=samples, scenes_per_batch=n, progress=False)
+        wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+        sim_s = sum(r.dt * (r.x.shape[-1] - 1) * r.x.shape[0] for r in rollouts)
+        return {"wall_s": wall, "cpu_s": cpu, "sim_s": sim_s, "episodes": sum(r.x.shape[0] for r in rollouts)}
+
+    run(1, ids, 0.2, 1)  # warm-up: compiled guidance loops, and every scene loaded (the source caches them)
+    runs = {1: [], scenes_per_batch: []}
+    for _ in range(repeats):
+        for n in runs:
+            runs[n].append(run(n))
+    out = {}
+    for n, rs in runs.items():
+        wall, cpu = (statistics.median(r[k] for r in rs) for k in ("wall_s", "cpu_s"))
+        sim_s, episodes = rs[0]["sim_s"], rs[0]["episodes"]
+        out[f"scenes_per_batch_{n}"] = {"wall_s": round(wall, 2), "cpu_s": round(cpu, 2), "episodes": episodes,
+                                        "simulated_s": round(sim_s, 1), "episodes_per_s": round(episodes / wall, 3),
+                                        "sim_s_per_wall_s": round(sim_s / wall, 2),
+                                        "sim_s_per_cpu_s": round(sim_s / cpu, 2),
+                                        "runs_wall_s": [round(r["wall_s"], 2) for r in rs]}
+    one, many = out["scenes_per_batch_1"], out[f"scenes_per_batch_{scenes_per_batch}"]
+    return {"data": "nuScenes-mini", "scenes": len(ids), "samples": samples, "policy": "blm", "horizon_s": horizon_s,
+            **out,
+            "throughput_ratio_wall": round(one["wall_s"] / many["wall_s"], 3),
+            "throughput_ratio_cpu": round(one["cpu_s"] / many["cpu_s"], 3)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     parser.add_argument("--repeats", type=int, default=3, help="closed-loop runs per setting (median reported)")
     parser.add_argument("--finetuned", default=None,
                         help="also time this stage-3 checkpoint unguided (closed_loop_finetuned_s)")
+    parser.add_argument("--agents", type=int, default=None,
+                        help="big-scene mode: an 8 s guided episode of this many vehicles, one plan vs neighbourhoods")
+    parser.add_argument("--neighbourhood", type=int, default=32, help="with --agents: agents per neighbourhood plan")
+    parser.add_argument("--rollout-throughput", default=None, metavar="DIR",
+                        help="nuScenes-mini folder: rollout throughput, one episode at a time vs --scenes-per-batch")
+    parser.add_argument("--scenes-per-batch", type=int, default=4, help="with --rollout-throughput (default 4)")
+    parser.add_argument("--samples", type=int, default=1, help="with --rollout-throughput: episodes per scene")
+    parser.add_argument("--horizon", type=float, default=10.0, help="with --rollout-throughput: seconds per episode")
     args = parser.parse_args()
     if args.repeats < 1:
         parser.error(f"--repeats must be >= 1 (closed-loop runs per setting), got {args.repeats}")
     torch.set_num_threads(args.threads)
+    if args.rollout_throughput:
+        print(json.dumps({"threads": args.threads, **rollout_throughput(args.rollout_throughput, args.scenes_per_batch,
+                                                                       args.repeats, args.horizon, args.samples)},
+                         indent=2))
+        return
     shipped = DEFAULT_CHECKPOINT.is_file()
     model = LatentDiffusionPolicy.from_checkpoint().model if shipped else BLMModel().eval()
+    if args.agents is not None:
+        if args.agents < 1:
+            parser.error(f"--agents must be >= 1, got {args.agents}")
+        print(json.dumps({"threads": args.threads, "latent_model": "shipped" if shipped else "untrained",
+                          **big_scene_report(model, args.agents, args.neighbourhood, args.repeats)}, indent=2))
+        return
     scene = highway_scene()
     latent_ms = time_latent(model, scene)
     unet_ms, unet_params = time_trajectory_unet()

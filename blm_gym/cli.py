@@ -29,14 +29,16 @@ def cmd_rollout(args) -> int:
 
     flags = {"env": "env", "data_dir": "data_dir", "policy": "policy", "checkpoint": "checkpoint", "samples": "samples",
              "start_step": "start_step", "horizon": "horizon_s", "controlled": "controlled", "seed": "seed",
-             "membership": "membership", "entry_check_s": "entry_check_s", "protocol": "protocol", "out": "out"}
+             "membership": "membership", "entry_check_s": "entry_check_s", "protocol": "protocol",
+             "scenes_per_batch": "scenes_per_batch", "out": "out"}
     overrides = _flag_overrides(args, flags) + ([f"scenes={json.dumps(args.scenes.split(','))}"] if args.scenes else [])
     cfg = load_config(RolloutConfig, args.config, overrides + list(args.set)).resolved()
     source = scene_source(cfg.env, cfg.data_dir, list(cfg.scenes) or None)
     rollouts = run_rollouts(source, lambda: make_policy(cfg.policy, checkpoint=cfg.checkpoint),
                             scene_ids=list(source.scene_ids), samples=cfg.samples, start_step=cfg.start_step,
                             horizon_s=cfg.horizon_s, controlled=cfg.controlled, seed=cfg.seed,
-                            membership=cfg.membership, entry_check_s=cfg.entry_check_s)
+                            membership=cfg.membership, entry_check_s=cfg.entry_check_s,
+                            scenes_per_batch=cfg.scenes_per_batch)
     path = write_rollouts(cfg.out, rollouts, json.loads(json.dumps(config_to_dict(cfg), default=str)))
     print(f"wrote {len(rollouts)} scene(s) x {cfg.samples} sample(s) to {path}")
     if args.render or args.render_img:
@@ -176,6 +178,9 @@ def build_parser() -> argparse.ArgumentParser:
                         f"sooner than in the log, within this many seconds (default {ENTRY_CHECK_S:g}; 0: off)")
     r.add_argument("--protocol", choices=("closed_loop", "wosac"), default=None,
                    help="wosac: current step 10, 80 steps, 32 samples, every agent valid then simulated throughout")
+    r.add_argument("--scenes-per-batch", type=int, default=None,
+                   help="episodes (scene x sample) run in lockstep, their replans in one batched call of the model "
+                        "(blm policies; default 1: one at a time)")
     r.add_argument("--out", default=None, help="HDF5 file (default results/rollout.h5)")
     r.add_argument("--config", default=None, help="JSON/TOML file with RolloutConfig fields")
     r.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="RolloutConfig overrides")

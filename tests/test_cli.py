@@ -101,3 +101,19 @@ def test_wosac_on_nuscenes_marks_map_scores_not_comparable(nuscenes_dir, tmp_pat
     report = json.loads((tmp_path / "m" / "metrics.json").read_text())
     assert "metametric" in report["not_comparable"]["metrics"] and report["not_comparable"]["scenes"] == ["scene-0916"]
     assert 0 < report["overall"]["sim"]["linear_speed_likelihood"]["value"] <= 1
+
+
+@pytest.mark.realdata
+def test_rollout_scenes_per_batch_matches_one_at_a_time(nuscenes_dir, tmp_path):
+    from blm_gym.rollout import read_rollouts
+
+    args = ["rollout", "--env", "BLM-nuScenes-v0", "--data-dir", str(nuscenes_dir), "--policy", "blm",
+            "--scenes", "scene-0103,scene-0916", "--horizon", "1.5", "--samples", "2"]
+    assert main(args + ["--out", str(tmp_path / "one.h5")]) == 0
+    assert main(args + ["--scenes-per-batch", "3", "--out", str(tmp_path / "many.h5")]) == 0
+    (one, _), (many, meta) = read_rollouts(tmp_path / "one.h5"), read_rollouts(tmp_path / "many.h5")
+    assert meta["config"]["scenes_per_batch"] == 3 and [r.scene_id for r in many] == [r.scene_id for r in one]
+    for a, b in zip(one, many):  # each episode keeps its seed and noise: the same rollouts up to float rounding
+        for name in ("x", "y", "heading", "speed"):
+            assert abs(getattr(a, name) - getattr(b, name)).max() < 1e-3, name
+    assert main(args + ["--scenes-per-batch", "0", "--out", str(tmp_path / "bad.h5")]) == 2

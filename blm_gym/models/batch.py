@@ -81,6 +81,7 @@ class AgentBatch:
         return self.map(lambda t: t.repeat_interleave(k, dim=0))
 
 
+
 # what the model reads to plan (the logged future fields are training targets only)
 PLAN_FIELDS = ("hist", "state_scene", "state_world", "extent", "agent_type", "agent_mask", "agent_index", "lanes",
                "lane_mask", "frame")
@@ -105,6 +106,22 @@ def collate(batches: Sequence[AgentBatch]) -> AgentBatch:
             raise ValueError(f"collate: field {name!r} has different shapes {sorted(shapes)}; build every batch "
                              "with the same max_agents / max_lanes / lane_points")
     return AgentBatch(**{n: torch.cat([getattr(b, n) for b in batches]) for n in fields})
+
+
+def pad_agents(batch: AgentBatch, num_agents: int) -> AgentBatch:
+    """``batch`` with its agent dim padded to ``num_agents`` rows as :func:`make_agent_batch` pads
+    (zeros, ``agent_index`` -1, ``agent_mask`` False), so batches of different N can be collated."""
+    n = batch.num_agents
+    if num_agents < n:
+        raise ValueError(f"pad_agents: the batch has {n} agents, more than num_agents={num_agents}")
+
+    def pad(name: str, t: torch.Tensor) -> torch.Tensor:
+        if name in ("lanes", "lane_mask", "frame") or num_agents == n:  # per scene, or nothing to pad
+            return t
+        fill = t.new_full((t.shape[0], num_agents - n) + tuple(t.shape[2:]), -1 if name == "agent_index" else 0)
+        return torch.cat([t, fill], 1)
+
+    return AgentBatch(**{f.name: pad(f.name, getattr(batch, f.name)) for f in dataclasses.fields(AgentBatch)})
 
 
 def mirror(batch: AgentBatch, flip: torch.Tensor) -> AgentBatch:
@@ -286,5 +303,6 @@ def scene_windows(scenes: Sequence[Scene], *, stride: int = 5, max_agents: int =
                                    future_steps=future_steps, max_lanes=max_lanes, lane_points=lane_points)
 
 
-__all__ = ["AgentBatch", "collate", "make_agent_batch", "mirror", "nearest_agents", "nearest_lanes", "road_users", "scene_windows",
+__all__ = ["AgentBatch", "collate", "make_agent_batch", "mirror", "nearest_agents", "nearest_lanes", "pad_agents",
+           "road_users", "scene_windows",
            "to_scene_frame", "to_world_frame", "HISTORY_STEPS", "FUTURE_STEPS"]

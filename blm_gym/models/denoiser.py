@@ -29,8 +29,9 @@ from blm_gym.models.vae import AgentEncoder
 class SceneContext:
     """What the denoiser and decoder need of a scene, computed once per scene (``encode_context``).
 
-    ``agent_emb`` ``(B, N, D)``, ``map_tokens`` ``(B, L+1, D)`` with ``map_mask`` ``(B, L+1)``,
-    ``agent_mask`` ``(B, N)``, ``vae_cond`` ``(B, N, C)`` (decoder context).
+    ``agent_emb`` ``(B, N, D)``, ``map_tokens`` ``(B, L', D)`` with ``map_mask`` ``(B, L')`` (the
+    "no map" token and the lanes some scene of the batch has: ``L' <= L + 1``), ``agent_mask``
+    ``(B, N)``, ``vae_cond`` ``(B, N, C)`` (decoder context).
     """
 
     agent_emb: torch.Tensor
@@ -74,8 +75,23 @@ class MapEncoder(nn.Module):
         return tokens, mask
 
 
+def key_bias(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor | None:
+    """Additive attention bias ``(B, 1, 1, L)`` that keeps every query off the keys where ``mask``
+    ``(B, L)`` is False, or None when every key may be read (the unmasked kernel is faster).
+
+    A bias over keys costs ``B x L`` numbers where a boolean ``(B, Lq, L)`` mask had to be built
+    and converted at every call. Masked keys get the most negative finite value: their weight is
+    exactly 0, and a query with no key left (a padded agent of an empty scene) reads every key
+    evenly instead of giving NaN; its output is padding that nothing reads."""
+    if bool(mask.all()):
+        return None
+    return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(
+        ~mask, torch.finfo(dtype).min)[:, None, None]
+
+
 class Attention(nn.Module):
-    """Multi-head attention; ``mask`` (bool, True = may attend) broadcasts to ``(B, h, Lq, Lk)``."""
+    """Multi-head attention; ``mask`` (bool, True = may attend; or an additive float bias)
+    broadcasts to ``(B, h, Lq, Lk)``."""
 
     def __init__(self, dim: int, heads: int):
         super().__init__()
@@ -103,8 +119,8 @@ class FactorisedLayer(nn.Module):
         self.map_attn = Attention(dim, heads)
         self.mlp = nn.Sequential(nn.Linear(dim, 2 * dim), nn.GELU(), nn.Linear(2 * dim, dim))
 
-    def forward(self, h: torch.Tensor, agent_attn_mask: torch.Tensor, map_tokens: torch.Tensor,
-                map_attn_mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, h: torch.Tensor, agent_attn_mask: torch.Tensor | None, map_tokens: torch.Tensor,
+                map_attn_mask: torch.Tensor | None) -> torch.Tensor:
         b, n, t, d = h.shape
         h = h + self.time_attn(self.norms[0](h).reshape(b * n, t, d)).reshape(b, n, t, d)
         a = self.norms[1](h).transpose(1, 2).reshape(b * t, n, d)
@@ -141,18 +157,21 @@ class SceneDenoiser(nn.Module):
     def encode(self, batch: AgentBatch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Agent embeddings ``(B, N, D)`` (map-aware), map tokens ``(B, L+1, D)`` and their mask."""
         map_tokens, map_mask = self.map_encoder(batch.lanes, batch.lane_mask)
+        # lane slots no scene of the batch fills (padding) would get attention weight 0: drop them
+        used = map_mask.any(0)
+        map_tokens, map_mask = map_tokens[:, used], map_mask[:, used]
         agents = self.agent_encoder(batch)
-        agents = agents + self.map_agent_attn(agents, map_tokens, mask=map_mask[:, None, None, :])
+        agents = agents + self.map_agent_attn(agents, map_tokens, mask=key_bias(map_mask, agents.dtype))
         return agents, map_tokens, map_mask
 
     def forward(self, x_t: torch.Tensor, t: torch.Tensor, ctx: SceneContext) -> torch.Tensor:
         b, n, tl, _ = x_t.shape
         cond = self.step_mlp(step_embedding(t, self.dim, self.train_steps))
         h = self.in_proj(x_t) + self.time_pos + ctx.agent_emb[:, :, None] + cond[:, None, None]
-        # agents attend to present agents, and always to themselves (no empty rows for padding)
-        eye = torch.eye(n, dtype=torch.bool, device=x_t.device)
-        agent_mask = (ctx.agent_mask[:, None, :] | eye)[:, None].expand(b, tl, n, n).reshape(b * tl, 1, n, n)
-        map_mask = ctx.map_mask[:, None, None, :]
+        # agents attend to present agents (rows of the agent attention: scene-major, then time step)
+        agent_mask = key_bias(ctx.agent_mask, h.dtype)
+        agent_mask = agent_mask.repeat_interleave(tl, 0) if agent_mask is not None else None
+        map_mask = key_bias(ctx.map_mask, h.dtype)
         for layer in self.layers:
             h = layer(h, agent_mask, ctx.map_tokens, map_mask)
         return self.out(self.out_norm(h))

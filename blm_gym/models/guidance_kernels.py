@@ -106,6 +106,16 @@ def candidate_pairs(states, half_size, movable, valid, slack):
     whose centres in ``states`` ``(R, N, F', 4)`` come within their half sizes ``(R, N)`` (half
     the larger extent) + ``slack`` (m) at some step; ordered by row, then ``i``, then ``j``."""
     r_, n_, f_, _ = states.shape
+    # each plan's bounding box: a pair whose boxes are reach apart along x or y never comes within
+    # reach, which skips the step loop for nearly every pair of a big scene
+    lo = np.full((r_, n_, 2), np.inf)
+    hi = np.full((r_, n_, 2), -np.inf)
+    for r in range(r_):
+        for n in range(n_):
+            for t in range(f_):
+                for c in range(2):
+                    lo[r, n, c] = min(lo[r, n, c], states[r, n, t, c])
+                    hi[r, n, c] = max(hi[r, n, c], states[r, n, t, c])
     out = np.empty((r_ * n_ * n_, 3), np.int64)
     count = 0
     for r in range(r_):
@@ -116,6 +126,9 @@ def candidate_pairs(states, half_size, movable, valid, slack):
                 if j == i or not valid[r, j] or (movable[r, j] and j < i):
                     continue
                 reach = half_size[r, i] + half_size[r, j] + slack
+                if (lo[r, j, 0] - hi[r, i, 0] >= reach or lo[r, i, 0] - hi[r, j, 0] >= reach
+                        or lo[r, j, 1] - hi[r, i, 1] >= reach or lo[r, i, 1] - hi[r, j, 1] >= reach):
+                    continue
                 for t in range(f_):
                     dx, dy = states[r, i, t, 0] - states[r, j, t, 0], states[r, i, t, 1] - states[r, j, t, 1]
                     if math.hypot(dx, dy) < reach:

@@ -1,10 +1,13 @@
 """Closed-loop rollouts: a policy drives the chosen agents, the others replay the log.
 
 Each episode is a loop of :func:`blm_gym.sim.state.step` over one :class:`SimulatorState`, the same
-step the envs take; the K final states of a scene become one :class:`Rollout` record.
+step the envs take; the K final states of a scene become one :class:`Rollout` record. A policy
+with an ``act_many(policies, states)`` (the BLM policy) can run several episodes in lockstep
+(:func:`simulate_lockstep`), its copies' replans going through the model in one batched call.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import enum
 from dataclasses import dataclass
@@ -18,7 +21,7 @@ from blm_gym.data.source import SceneSource
 from blm_gym.policies.base import Policy
 from blm_gym.sim.record import Rollout
 from blm_gym.data.registry import load_scene
-from blm_gym.sim.state import ENTRY_CHECK_S, Membership, SimulatorState, merge_actions, step
+from blm_gym.sim.state import ENTRY_CHECK_S, Action, Membership, SimulatorState, merge_actions, step
 
 DEFAULT_START_STEP = 30  # 3 s of history at dt 0.1, so models have context
 CONTROLLED_CHOICES = ("all_vehicles", "all", "non_ego")
@@ -54,6 +57,7 @@ class RolloutConfig:
     membership: Membership = Membership.LOG  # who takes part (blm_gym.sim.state.Membership)
     entry_check_s: float = ENTRY_CHECK_S  # newcomers' entry check horizon (0: spawn regardless)
     protocol: Protocol = Protocol.CLOSED_LOOP  # wosac overrides start, horizon, samples, membership, controlled
+    scenes_per_batch: int = 1  # episodes run in lockstep, replanned in one batched model call (blm policies)
     out: str = "results/rollout.h5"
 
     def __post_init__(self):
@@ -61,6 +65,8 @@ class RolloutConfig:
         object.__setattr__(self, "protocol", Protocol(self.protocol))
         if self.controlled not in CONTROLLED_CHOICES:
             raise ValueError(f"controlled={self.controlled!r}; choose one of {CONTROLLED_CHOICES}")
+        if self.scenes_per_batch < 1:
+            raise ValueError(f"scenes_per_batch must be >= 1 (episodes run together), got {self.scenes_per_batch}")
 
     def resolved(self) -> "RolloutConfig":
         """The settings the protocol implies (``wosac`` overrides; ``closed_loop`` keeps them)."""
@@ -106,6 +112,27 @@ def simulate(scene: Scene, policy: Policy, controlled: np.ndarray, start_step: i
     return state
 
 
+def simulate_lockstep(scenes: Sequence[Scene], policies: Sequence[Policy], controlled: Sequence[np.ndarray],
+                      start_step: int, num_steps: Sequence[int], rngs: Sequence[np.random.Generator],
+                      act_many: Callable[[Sequence[Policy], Sequence[SimulatorState]], list[Action]],
+                      membership: Membership | str = Membership.LOG,
+                      entry_check_s: float = ENTRY_CHECK_S) -> list[SimulatorState]:
+    """:func:`simulate` of several episodes advancing together, step by step: episode ``i`` is
+    ``policies[i]`` (one policy object per episode) on ``scenes[i]`` for ``num_steps[i]`` steps,
+    seeded by ``rngs[i]``; ``act_many(policies, states)`` gives the actions of the episodes still
+    running, so a batched policy plans them in one call. Returns the final states, in order."""
+    states = [SimulatorState.from_log(s, start_step, membership) for s in scenes]
+    for policy, scene, mask, rng in zip(policies, scenes, controlled, rngs):
+        policy.reset(scene, start_step, mask, rng)
+    for t in range(max(num_steps, default=0)):
+        live = [i for i, n in enumerate(num_steps) if t < n]
+        actions = act_many([policies[i] for i in live], [states[i] for i in live])
+        for i, action in zip(live, actions):
+            action = merge_actions(scenes[i].num_agents, (action, controlled[i]))
+            states[i] = step(states[i], action, entry_check_s=entry_check_s)
+    return states
+
+
 def record_rollout(states: Sequence[SimulatorState], policy: str, controlled: np.ndarray) -> Rollout:
     """The K final states of one scene's episodes as a :class:`Rollout` over the steps from
     their common start step to their common current step."""
@@ -130,7 +157,7 @@ def run_rollouts(source: SceneSource, policy_factory: Callable[[], Policy], *, s
                  samples: int = 1, start_step: int = DEFAULT_START_STEP, horizon_s: float = 10.0,
                  controlled: str | np.ndarray = "all_vehicles", seed: int = 0,
                  membership: Membership | str = Membership.LOG, entry_check_s: float = ENTRY_CHECK_S,
-                 progress: bool = True) -> list[Rollout]:
+                 scenes_per_batch: int = 1, progress: bool = True) -> list[Rollout]:
     """Roll ``policy_factory()`` out closed loop on each scene ``samples`` times.
 
     The factory is called once; its policy is reset for every (scene, sample) with a generator
@@ -142,9 +169,17 @@ def run_rollouts(source: SceneSource, policy_factory: Callable[[], Policy], *, s
     ``persistent`` the rollout's log holds just the agents valid at ``start_step`` too (valid until
     their first gap), so the metrics on the log describe the same agents. ``entry_check_s``: the
     newcomers' entry check (:func:`~blm_gym.sim.state.step`); the log keeps every logged track.
+
+    ``scenes_per_batch`` > 1: the (scene, sample) episodes run that many at a time in lockstep
+    (:func:`simulate_lockstep`) when the policy has ``act_many`` (the BLM policy: their replans
+    go through the model in one batched call; each episode keeps its seed and its own noise, so
+    the rollouts are the one-at-a-time ones up to float rounding); other policies run one at a
+    time as usual.
     """
     if samples < 1:
         raise ValueError(f"samples must be >= 1, got {samples}")
+    if scenes_per_batch < 1:
+        raise ValueError(f"scenes_per_batch must be >= 1, got {scenes_per_batch}")
     policy = policy_factory()
     if not isinstance(policy, Policy):
         raise TypeError(f"policy_factory() returned {type(policy).__name__}, which lacks reset()/act() "
@@ -152,18 +187,46 @@ def run_rollouts(source: SceneSource, policy_factory: Callable[[], Policy], *, s
     name = getattr(policy, "name", type(policy).__name__)
     out = []
     bar = tqdm(total=len(scene_ids) * samples, desc=f"rollouts ({name})", unit="episode", disable=not progress)
-    for pos, scene_id in enumerate(scene_ids):
-        scene = load_scene(source, scene_id)
+
+    def episode_setup(pos: int) -> tuple[Scene, int, np.ndarray]:
+        scene = load_scene(source, scene_ids[pos])
         if not 0 <= start_step < scene.num_steps - 1:
-            raise ValueError(f"start_step={start_step} leaves nothing to simulate in scene {scene_id} "
+            raise ValueError(f"start_step={start_step} leaves nothing to simulate in scene {scene_ids[pos]} "
                              f"({scene.num_steps} steps); use a start step below {scene.num_steps - 1}")
         num_steps = min(int(round(horizon_s / scene.dt)), scene.num_steps - 1 - start_step)
-        mask = controlled_mask(scene, controlled)
-        runs = []
-        for k in range(samples):
-            runs.append(simulate(scene, policy, mask, start_step, num_steps, np.random.default_rng([seed, pos, k]),
-                                 membership, entry_check_s))
+        return scene, num_steps, controlled_mask(scene, controlled)
+
+    act_many = getattr(policy, "act_many", None)
+    if scenes_per_batch == 1 or act_many is None:
+        for pos in range(len(scene_ids)):
+            scene, num_steps, mask = episode_setup(pos)
+            runs = []
+            for k in range(samples):
+                runs.append(simulate(scene, policy, mask, start_step, num_steps,
+                                     np.random.default_rng([seed, pos, k]), membership, entry_check_s))
+                bar.update()
+            out.append(record_rollout(runs, name, mask))
+        bar.close()
+        return out
+    # lockstep: the (scene, sample) episodes in order, scenes_per_batch at a time, one policy copy
+    # each (a shallow copy shares the model; reset gives it its own episode)
+    policies = [policy] + [copy.copy(policy) for _ in range(scenes_per_batch - 1)]
+    jobs = [(pos, k) for pos in range(len(scene_ids)) for k in range(samples)]
+    setups, runs = {}, {}
+    for lo in range(0, len(jobs), scenes_per_batch):
+        chunk = jobs[lo:lo + scenes_per_batch]
+        for pos, _ in chunk:
+            if pos not in setups:
+                setups[pos] = episode_setup(pos)
+        finals = simulate_lockstep([setups[p][0] for p, _ in chunk], policies[:len(chunk)],
+                                   [setups[p][2] for p, _ in chunk], start_step, [setups[p][1] for p, _ in chunk],
+                                   [np.random.default_rng([seed, p, k]) for p, k in chunk], act_many,
+                                   membership, entry_check_s)
+        for (pos, k), state in zip(chunk, finals):
+            runs.setdefault(pos, {})[k] = state
             bar.update()
-        out.append(record_rollout(runs, name, mask))
+            if len(runs[pos]) == samples:  # the scene's last sample: its record, in scene order
+                done = runs.pop(pos)
+                out.append(record_rollout([done[i] for i in range(samples)], name, setups.pop(pos)[2]))
     bar.close()
     return out
