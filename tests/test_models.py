@@ -106,6 +106,19 @@ def test_mirror_is_a_consistent_reflection():
         torch.testing.assert_close(getattr(back, f.name), getattr(b, f.name))
 
 
+def test_trimmed_batch_drops_padding_and_keeps_the_outputs():
+    b = collate([make_agent_batch(toy_scene(num_agents=n), 10, max_agents=12) for n in (4, 6)])
+    t = b.trimmed()
+    assert t.num_agents == 6 and t.lanes.shape[1] == 3  # 6 agents of 12 slots, 3 lanes of MAX_LANES
+    model = tiny_model()
+    x = torch.randn(2, 12, TINY.latent_steps, TINY.latent_dim)
+    steps = torch.tensor([3, 70])
+    with torch.no_grad():
+        full = model.denoiser(x, steps, model.encode_context(b))
+        kept = model.denoiser(x[:, :6], steps, model.encode_context(t))
+    torch.testing.assert_close(kept[b.agent_mask[:, :6]], full[:, :6][b.agent_mask[:, :6]], atol=1e-5, rtol=1e-5)
+
+
 def test_frame_round_trip():
     g = torch.Generator().manual_seed(0)
     x, y, h = (torch.randn(3, 5, generator=g) * 50 for _ in range(3))

@@ -80,7 +80,23 @@ class AgentBatch:
         """Each scene ``k`` times in a row: ``(B, ...) -> (B * k, ...)`` (K samples per scene)."""
         return self.map(lambda t: t.repeat_interleave(k, dim=0))
 
+    def trimmed(self) -> "AgentBatch":
+        """The batch without the trailing agent rows and lane slots that are padding in every scene.
 
+        Padding is masked out of every attention and loss, so the rows kept come out the same;
+        training on scenes with fewer agents or lanes than ``max_agents`` / ``max_lanes`` gets
+        cheaper (synthetic scenes fill about 14 of 32 agent rows and 4 of 64 lane slots).
+        """
+        def extent(used: torch.Tensor) -> int:
+            return int(used.nonzero().max()) + 1 if used.any() else 1
+
+        n, lanes = extent(self.agent_mask.any(0)), extent(self.lane_mask.any(-1).any(0))
+        return AgentBatch(**{f.name: getattr(self, f.name)[:, :lanes] if f.name in LANE_FIELDS
+                             else getattr(self, f.name) if f.name == "frame" else getattr(self, f.name)[:, :n]
+                             for f in dataclasses.fields(self)})
+
+
+LANE_FIELDS = ("lanes", "lane_mask")  # (B, L, ...); "frame" is (B, 3); every other field is (B, N, ...)
 
 # what the model reads to plan (the logged future fields are training targets only)
 PLAN_FIELDS = ("hist", "state_scene", "state_world", "extent", "agent_type", "agent_mask", "agent_index", "lanes",

@@ -216,7 +216,7 @@ def train_loop(cfg, model: BLMModel, params: list[torch.nn.Parameter], train: Wi
     for batch in loader:
         if cfg.mirror:
             batch = mirror(batch, torch.rand(batch.batch_size, generator=data_rng) < 0.5)
-        batch = batch.to(device)
+        batch = batch.to(device).trimmed()
         for g in opt.param_groups:
             g["lr"] = cfg.lr * min(1.0, (step + 1) / max(cfg.warmup_steps, 1))
         model.train()
