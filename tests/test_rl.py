@@ -17,7 +17,7 @@ from blm_gym.models.checkpoint import load_checkpoint, load_model, save_checkpoi
 from blm_gym.rewards import RewardContext, make_reward
 from blm_gym.rl import DenoisingMDP, Loop, SceneGroupVectorEnv, chunk_realism
 from blm_gym.rl import group_env
-from blm_gym.sim.state import trajectory_checks
+from blm_gym.sim.state import merge_actions, step, trajectory_checks
 from blm_gym.rl.ppo import DenoisingActor, FinetuneConfig, finetune, latent_gaussian
 from test_rewards import make_scene
 
@@ -72,6 +72,29 @@ def test_closed_loop_chain_reward_is_the_terms_on_the_simulated_states(model):
     # the second chain planned from the simulated state, not the log
     assert not np.allclose(final.sim.x[:2, 10], final.log.x[:2, 10])
     check_env(env, skip_render_check=True)
+
+
+def test_plan_weight_adds_the_terms_over_the_rest_of_the_plan_without_executing_it(model):
+    spec = "progress=1,offroad=1"
+    executed, ahead = mdp(model, reward=spec), mdp(model, reward=spec, plan_weight=0.5)
+    term = make_reward(spec)
+    obs, _ = executed.reset(seed=3)
+    ahead.reset(seed=3)
+    for _ in range(executed.num_mdp_steps):
+        action = obs["x"]
+        obs, _, _, _, info = executed.step(action)
+        _, _, _, _, info_ahead = ahead.step(action)
+        np.testing.assert_array_equal(ahead._state.sim.x, executed._state.sim.x)  # the look-ahead is not kept
+        if not info["chain_end"]:
+            continue
+        state = ahead._state  # the plan's remaining 8 - 5 steps, by hand, from the executed state
+        for _ in range(TINY.future_steps - ahead.replan_steps):
+            state = step(state, merge_actions(state.scene.num_agents, (ahead.policy.planned_action(state),
+                                                                       state.scene.is_vehicle)))
+        rest = float(term(RewardContext.from_state(state, controlled=state.scene.is_vehicle, window=4)))
+        assert info_ahead["task_reward"] == pytest.approx(info["task_reward"] + 0.5 * rest)
+    with pytest.raises(ValueError, match="plan_weight"):
+        mdp(model, loop=Loop.OPEN, plan_weight=1.0)
 
 
 def test_open_loop_episode_is_one_chain_executing_the_whole_plan(model):

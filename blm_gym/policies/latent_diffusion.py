@@ -421,7 +421,16 @@ class LatentDiffusionPolicy:
     def act(self, state: SimulatorState) -> Action:
         if self._due(state):
             self._replan(state)
-        accel_yaw = self._plan[:, state.step - self._plan_step] * self._controlled[:, None]
+        return self.planned_action(state)
+
+    def planned_action(self, state: SimulatorState) -> Action:
+        """The adopted plan's action at ``state.step``, without replanning (a plan covers
+        ``future_steps`` steps from the step it was made at; :meth:`act` replans every ``replan_steps``)."""
+        k = state.step - self._plan_step
+        if self._plan is None or not 0 <= k < self._plan.shape[1]:
+            raise ValueError(f"planned_action: no adopted plan covers step {state.step} (plan made at "
+                             f"{self._plan_step}); call act() or execute() first")
+        accel_yaw = self._plan[:, k] * self._controlled[:, None]
         return Action(accel_yaw.astype(np.float32), np.zeros(self._scene.num_agents, bool))
 
 

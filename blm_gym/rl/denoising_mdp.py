@@ -15,7 +15,9 @@ plan are the MDP's steps:
   (:func:`~blm_gym.sim.state.step`) for the replan interval, the agents the policy does not drive
   replaying the log, and the reward terms score the states the simulator produced
   (:meth:`~blm_gym.rewards.terms.RewardContext.from_state`, every road user as simulated). The
-  next chain starts from that state.
+  next chain starts from that state. With ``plan_weight > 0`` the terms over the *rest* of the
+  plan are added with that weight: the plan's remaining steps simulated from the executed state
+  (the others replaying the log), a look-ahead that is scored and then dropped.
 
 :class:`Loop` ``open`` is BLM's original set-up: one chain per episode from a logged state,
 the whole plan (``future_steps``) executed before scoring.
@@ -78,7 +80,7 @@ class DenoisingMDP(gym.Env):
                  reward: RewardTerm, *, loop: Loop | str = Loop.CLOSED, num_chains: int = 8, num_steps: int = 5,
                  tuned_denoise_steps: int = 5, eta: float = 0.0, std_floor: float = 0.3, kl_coef: float = 0.01,
                  max_agents: int = 32, replan_every_s: float = 1.0, controlled: str = "all_vehicles",
-                 seed: int = 0, offset: int = 0, stride: int = 1):
+                 plan_weight: float = 0.0, seed: int = 0, offset: int = 0, stride: int = 1):
         if not 1 <= tuned_denoise_steps <= num_steps:
             raise ValueError(f"DenoisingMDP: tuned_denoise_steps must be in [1, num_steps={num_steps}], "
                              f"got {tuned_denoise_steps}")
@@ -87,6 +89,9 @@ class DenoisingMDP(gym.Env):
         if not problems:
             raise ValueError("DenoisingMDP: got no (scene, start step) problems")
         self.loop = Loop(loop)
+        if plan_weight < 0 or (plan_weight and self.loop is Loop.OPEN):
+            raise ValueError(f"DenoisingMDP: plan_weight must be >= 0, and 0 in open loop (which executes the whole "
+                             f"plan), got {plan_weight} with loop={self.loop.value}")
         c = model.config
         plan_s = c.future_steps * c.dt
         self.num_chains = 1 if self.loop is Loop.OPEN else int(num_chains)
@@ -103,6 +108,7 @@ class DenoisingMDP(gym.Env):
         self.problems, self.reward, self.controlled = list(problems), reward, controlled
         self.num_steps, self.tuned_denoise_steps = num_steps, tuned_denoise_steps
         self.eta, self.std_floor, self.kl_coef = float(eta), float(std_floor), float(kl_coef)
+        self.plan_weight = float(plan_weight)
         self.timesteps = model.timesteps(num_steps)
         self.seed, self.offset, self.stride = int(seed), int(offset), int(stride)
         self._episode = 0
@@ -200,20 +206,33 @@ class DenoisingMDP(gym.Env):
             self._begin_chain()
         return self._obs(), reward + info["task_reward"], done, False, info
 
-    def _execute(self) -> tuple[dict, float]:
-        """Execute the chain's plan in the simulator; the reward terms on the states it produced."""
-        state = self._state
-        self.policy.execute(self._x, self._batch, state)
-        t0 = state.current_step
-        steps = min(self.replan_steps, state.log.num_steps - 1 - t0)
+    def _simulate_plan(self, state: SimulatorState, steps: int) -> SimulatorState:
+        """``state`` after ``steps`` steps of the adopted plan (capped at the log's end)."""
+        steps = min(steps, state.log.num_steps - 1 - state.current_step)
         for _ in range(steps):
-            state = step(state, merge_actions(state.scene.num_agents, (self.policy.act(state), self._controlled)))
-        self._state = state
-        ctx = RewardContext.from_state(state, controlled=self._controlled, window=steps + 1)
+            state = step(state, merge_actions(state.scene.num_agents, (self.policy.planned_action(state),
+                                                                       self._controlled)))
+        return state
+
+    def _score(self, state: SimulatorState, since: int) -> float:
+        """The reward terms over ``state``'s steps from ``since`` on."""
+        window = state.current_step - since + 1
+        return float(self.reward(RewardContext.from_state(state, controlled=self._controlled, window=window)))
+
+    def _execute(self) -> tuple[dict, float]:
+        """Execute the chain's plan in the simulator; the reward terms on the states it produced
+        (plus ``plan_weight`` times those over the rest of the plan, simulated ahead)."""
+        t0 = self._state.current_step
+        self.policy.execute(self._x, self._batch, self._state)
+        self._state = state = self._simulate_plan(self._state, self.replan_steps)
+        reward = self._score(state, t0)
+        if self.plan_weight:
+            ahead = self._simulate_plan(state, self.model.config.future_steps - (state.current_step - t0))
+            reward += self.plan_weight * self._score(ahead, state.current_step)
         sel = slice(t0, state.current_step + 1)
         chunk = {"start": t0, **{k: getattr(state.sim, k)[:, sel] for k in ("x", "y", "heading", "valid")},
                  "collision": state.collision[:, sel], "offroad": state.offroad[:, sel]}
-        return chunk, float(self.reward(ctx))
+        return chunk, reward
 
 
 def batch_from_obs(plan, future_steps: int, device: torch.device | str = "cpu") -> AgentBatch:

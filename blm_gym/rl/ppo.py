@@ -157,6 +157,7 @@ class FinetuneConfig:
     clip: float = 0.02  # PPO ratio clip (ratios of per-dim mean log-probs)
     kl_coef: float = 0.01  # weight of the KL (per dim) to the pretrained model, paid as reward
     realism_weight: float = 1.0  # weight of the leave-one-out realism term (0: off)
+    plan_weight: float = 0.0  # closed loop: weight of the reward terms over the rest of each plan (0: off)
     vf_coef: float = 0.5
     gae_lambda: float = 0.95
     repeat: int = 2  # optimisation epochs per iteration
@@ -222,8 +223,8 @@ def build_ppo(cfg: FinetuneConfig, model: BLMModel, reference: BLMModel, problem
             model, reference, problems, reward, loop=cfg.loop, num_chains=cfg.num_chains,
             num_steps=cfg.num_denoise_steps, tuned_denoise_steps=cfg.tuned_denoise_steps, eta=cfg.eta,
             std_floor=cfg.std_floor, kl_coef=cfg.kl_coef, max_agents=cfg.max_agents,
-            replan_every_s=cfg.replan_every_s, controlled=cfg.controlled, seed=cfg.seed * 1000 + j,
-            offset=j // k, stride=groups))
+            replan_every_s=cfg.replan_every_s, controlled=cfg.controlled, plan_weight=cfg.plan_weight,
+            seed=cfg.seed * 1000 + j, offset=j // k, stride=groups))
         for j in range(groups * k)], group_size=k, problems=problems, controlled=cfg.controlled,
         realism_weight=cfg.realism_weight)
     space = envs.get_env_attr("action_space", 0)[0]
