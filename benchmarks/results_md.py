@@ -126,13 +126,16 @@ def maps_section() -> str:
             st = dataset_stats(name, factory(SHARED_DATA / folder), caches, goal)
             rows.append(f"| {name} | {st['scenes']} | {100 * st['moving_inside_exact']:.2f} % | "
                         f"{100 * st['moving_inside_on_map']:.2f} % | {100 * goal:.0f} % | "
+                        f"{100 * st['moving_outside_by_distance']['>5m']:.2f} % | "
                         f"{100 * st['offroad_vehicle_timesteps']:.1f} % |")
     return ("## Maps: how much of the logged traffic is on the drivable area\n\n`python benchmarks/data_stats.py` "
-            "(definitions in its docstring): moving vehicles (> 1 m/s) inside the drivable area (exact), the same "
-            "within the map's convex hull (maps cropped smaller than the tracks), the goal, and all logged "
-            "vehicle-steps off the drivable area (parked cars beside lanes included).\n\n"
-            "| source | scenes | moving inside | inside, on the map | goal | vehicle-steps off-road |\n"
-            "|---|---|---|---|---|---|\n" + "\n".join(rows) + "\n")
+            "(definitions in its docstring): moving vehicles (> 1 m/s, recorded and over 1 s of positions) inside "
+            "the drivable area (exact), the same within the map's convex hull (maps cropped smaller than the "
+            "tracks), the goal, moving positions more than 5 m outside (unmapped parking lots, roads beyond the "
+            "map's crop), and all logged vehicle-steps off the drivable area (parked cars beside lanes included).\n\n"
+            "| source | scenes | moving inside | inside, on the map | goal | moving, > 5 m outside | "
+            "vehicle-steps off-road |\n"
+            "|---|---|---|---|---|---|---|\n" + "\n".join(rows) + "\n")
 
 
 def _read_sections(path: Path) -> dict[str, str]:
