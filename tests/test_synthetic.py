@@ -110,10 +110,14 @@ def test_recorded_boxes_do_not_overlap(scenes, kind):
 
 
 def test_recording_is_deterministic_per_seed_and_order_free():
-    a = record_arrays("merge", 0, 20)
-    record_arrays("intersection", 0, 5)  # highway-env's intersection changes IDM class attributes
-    b = record_arrays("merge", 0, 20)
-    c = record_arrays("merge", 1, 20)
+    from highway_env.vehicle.behavior import IDMVehicle
+
+    idm = (IDMVehicle.DISTANCE_WANTED, IDMVehicle.COMFORT_ACC_MAX, IDMVehicle.COMFORT_ACC_MIN)
+    a = record_arrays("roundabout", 1, 100)
+    record_arrays("intersection", 0, 5)  # highway-env's intersection changes IDM class attributes when built
+    assert (IDMVehicle.DISTANCE_WANTED, IDMVehicle.COMFORT_ACC_MAX, IDMVehicle.COMFORT_ACC_MIN) == idm
+    b = record_arrays("roundabout", 1, 100)
+    c = record_arrays("roundabout", 2, 100)
     assert a.keys() == b.keys()
     for k in a:
         np.testing.assert_array_equal(a[k], b[k], err_msg=k)

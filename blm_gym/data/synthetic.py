@@ -25,7 +25,7 @@ import shapely
 
 from blm_gym.data.scene import DEFAULT_DT, AgentType, DrivableArea, RoadMap, Scene, Trajectories, pad_polylines
 
-CACHE_VERSION = 1  # bump when the recording changes, so stale cache files are not read
+CACHE_VERSION = 2  # bump when the recording changes, so stale cache files are not read
 KINDS = ("highway", "merge", "roundabout", "intersection")
 LANE_SAMPLING = 1.0  # m between centerline points
 MAP_MARGIN = 50.0  # m of map kept around the recorded traffic (crops the 10 km highway)
@@ -181,11 +181,14 @@ def _simulate(kind: str, seed: int, steps: int) -> dict[str, np.ndarray]:
     from highway_env import utils as he_utils
 
     spec = KIND_SPECS[kind]
-    env = getattr(he_envs, spec.env_class)(config={"simulation_frequency": round(1 / DEFAULT_DT), **dict(spec.config)})
-    vehicle_class = he_utils.class_from_path(env.config["other_vehicles_type"])
-    # IntersectionEnv tunes IDM through class attributes: restore them so runs don't depend on order
+    env_class = getattr(he_envs, spec.env_class)
+    vehicle_class = he_utils.class_from_path(env_class.default_config()["other_vehicles_type"])
+    # IntersectionEnv tunes IDM through class attributes, already while it is built: keep the values
+    # from before building it and restore them after, so a run doesn't depend on the runs before it
     saved = {k: getattr(vehicle_class, k) for k in ("DISTANCE_WANTED", "COMFORT_ACC_MAX", "COMFORT_ACC_MIN")}
+    env = None
     try:
+        env = env_class(config={"simulation_frequency": round(1 / DEFAULT_DT), **dict(spec.config)})
         env.reset(seed=seed)
         road, rng = env.unwrapped.road, env.unwrapped.np_random
         ego = vehicle_class.create_from(env.unwrapped.vehicle)  # the ego drives itself with IDM/MOBIL too
@@ -214,7 +217,8 @@ def _simulate(kind: str, seed: int, steps: int) -> dict[str, np.ndarray]:
     finally:
         for k, val in saved.items():
             setattr(vehicle_class, k, val)
-        env.close()
+        if env is not None:
+            env.close()
 
     n = len(slots)
     states = np.zeros((6, n, steps))
