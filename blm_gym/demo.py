@@ -34,7 +34,7 @@ class DemoConfig:
     synthetic_scenes: int = 40  # highway/merge/roundabout/intersection x 10 seeds
     eval_scenes: tuple[str, ...] = ("roundabout-001", "intersection-001")  # held out (synthetic ids)
     vae_steps: int = 1000
-    diffusion_steps: int = 3000  # on synthetic scenes turns are learnt late (1000 steps: barely any)
+    diffusion_steps: int = 2500  # on synthetic scenes turns are learnt late (1000 steps: barely any)
     finetune_iterations: int = 10  # PPO iterations (collect + update)
     reward: str = "collision=1,offroad=1"  # the stage-3 objective
     samples: int = 8  # closed-loop samples per evaluation scene
