@@ -17,14 +17,14 @@
 its ratio to the guided time). Usage: ``python benchmarks/sampling.py [--threads 1] [--repeats 3]``. Timings on shared machines
 vary by up to 1.8x between runs: compare the ratios within one run.
 
-``--agents N`` (big scenes, issue #17 item 6): instead, an 8 s guided closed-loop episode of N
+``--agents N`` (big scenes): instead, an 8 s guided closed-loop episode of N
 vehicles on a long 4-lane highway (:func:`highway_scene`), every vehicle driven by the policy,
 replanning every 1 s, with every valid road user planned (``max_agents`` None) three ways:
-``one_plan`` (one joint plan of everyone, as before neighbourhoods: the baseline),
+``one_plan`` (one joint plan of everyone: the baseline),
 ``neighbourhoods`` (bounded plans of ``--neighbourhood`` agents around the vehicles, all in one
 batched call) and ``default`` (the policy as shipped: one plan up to ``MAX_PLAN_AGENTS`` road
-users, neighbourhoods of 32 beyond). Per setting: wall and CPU seconds per episode (median of ``--repeats``; CPU
-time is this process's, less inflated by other load than wall time), ``x_real_time`` (8 s / wall
+users, neighbourhoods of 32 beyond). Per setting: wall and CPU seconds per episode (median of
+``--repeats``; CPU time is this process's, less inflated by other load than wall time), ``x_real_time`` (8 s / wall
 s), the collision rate of the controlled vehicles, and the ratio to ``one_plan`` in the same run.
 
 ``--rollout-throughput DIR`` (with ``--agents``' settings unused): ``blm-gym rollout``'s runner on
