@@ -25,7 +25,7 @@ STAGES = ("vae", "diffusion", "finetune", "evaluate")
 
 @dataclass(frozen=True)
 class DemoConfig:
-    """Budgets are sized for under 10 minutes on 2 CPU cores with synthetic data (scenes recorded
+    """Budgets are sized for about 10 minutes on 2 CPU cores with synthetic data (scenes recorded
     on first use, about 1 s each, then cached)."""
 
     data: str = "synthetic"  # "synthetic", "nuscenes" (ScenarioNet folder or raw root) or "scenarionet"
