@@ -91,12 +91,13 @@ class AgentBatch:
             return int(used.nonzero().max()) + 1 if used.any() else 1
 
         n, lanes = extent(self.agent_mask.any(0)), extent(self.lane_mask.any(-1).any(0))
-        return AgentBatch(**{f.name: getattr(self, f.name)[:, :lanes] if f.name in LANE_FIELDS
-                             else getattr(self, f.name) if f.name == "frame" else getattr(self, f.name)[:, :n]
-                             for f in dataclasses.fields(self)})
+        return dataclasses.replace(self, **{k: getattr(self, k)[:, :n] for k in AGENT_FIELDS},
+                                   **{k: getattr(self, k)[:, :lanes] for k in LANE_FIELDS})
 
 
-LANE_FIELDS = ("lanes", "lane_mask")  # (B, L, ...); "frame" is (B, 3); every other field is (B, N, ...)
+# the layout of AgentBatch's fields: (B, L, ...) lanes, (B, 3) frame, (B, N, ...) all the others
+LANE_FIELDS = ("lanes", "lane_mask")
+AGENT_FIELDS = tuple(f.name for f in dataclasses.fields(AgentBatch) if f.name not in (*LANE_FIELDS, "frame"))
 
 # what the model reads to plan (the logged future fields are training targets only)
 PLAN_FIELDS = ("hist", "state_scene", "state_world", "extent", "agent_type", "agent_mask", "agent_index", "lanes",
@@ -132,12 +133,12 @@ def pad_agents(batch: AgentBatch, num_agents: int) -> AgentBatch:
         raise ValueError(f"pad_agents: the batch has {n} agents, more than num_agents={num_agents}")
 
     def pad(name: str, t: torch.Tensor) -> torch.Tensor:
-        if name in ("lanes", "lane_mask", "frame") or num_agents == n:  # per scene, or nothing to pad
-            return t
         fill = t.new_full((t.shape[0], num_agents - n) + tuple(t.shape[2:]), -1 if name == "agent_index" else 0)
         return torch.cat([t, fill], 1)
 
-    return AgentBatch(**{f.name: pad(f.name, getattr(batch, f.name)) for f in dataclasses.fields(AgentBatch)})
+    if num_agents == n:
+        return batch
+    return dataclasses.replace(batch, **{k: pad(k, getattr(batch, k)) for k in AGENT_FIELDS})
 
 
 def mirror(batch: AgentBatch, flip: torch.Tensor) -> AgentBatch:

@@ -45,7 +45,7 @@ import numpy as np
 import torch
 
 from blm_gym.data.scene import Scene, Trajectories
-from blm_gym.models.batch import MAX_LANES, AgentBatch, collate, make_agent_batch, pad_agents, road_users
+from blm_gym.models.batch import AGENT_FIELDS, MAX_LANES, AgentBatch, collate, make_agent_batch, pad_agents, road_users
 from blm_gym.models.blm import BLMModel
 from blm_gym.models.checkpoint import load_model
 from blm_gym.models.denoiser import SceneContext
@@ -170,8 +170,7 @@ class _SceneView:
         # sync: batch_k row b * k + c, column j takes row src_row[b, j] * k + c, column src_col[b, j]
         self.sr = t((src_row[:, None] * k + cand[None, :, None]).reshape(b * k, n))
         self.sc = t(np.repeat(src_col, k, axis=0))
-        per_agent = {f.name for f in dataclasses.fields(AgentBatch)} - {"lanes", "lane_mask", "frame"}
-        fields = {f: getattr(batch_k, f)[self.vr, self.vc] if f in per_agent else getattr(batch_k, f)[self.vr[:, 0]]
+        fields = {f: getattr(batch_k, f)[self.vr, self.vc] if f in AGENT_FIELDS else getattr(batch_k, f)[self.vr[:, 0]]
                   for f in (x.name for x in dataclasses.fields(AgentBatch))}
         fields["agent_mask"] = fields["agent_mask"] & self.valid
         fields["agent_index"] = fields["agent_index"].masked_fill(~self.valid, -1)

@@ -104,23 +104,22 @@ def simulate(scene: Scene, policy: Policy, controlled: np.ndarray, start_step: i
     ``policy`` drives the ``controlled`` agents (bool ``(N,)``), the others replay the log
     (``membership``, ``entry_check_s``: see :func:`blm_gym.sim.state.step`). Returns the final state.
     """
-    state = SimulatorState.from_log(scene, start_step, membership)
-    policy.reset(scene, start_step, controlled, rng)
-    for _ in range(num_steps):
-        action = merge_actions(scene.num_agents, (policy.act(state), controlled))
-        state = step(state, action, entry_check_s=entry_check_s)
-    return state
+    return simulate_lockstep([scene], [policy], [controlled], start_step, [num_steps], [rng],
+                             membership=membership, entry_check_s=entry_check_s)[0]
 
 
 def simulate_lockstep(scenes: Sequence[Scene], policies: Sequence[Policy], controlled: Sequence[np.ndarray],
                       start_step: int, num_steps: Sequence[int], rngs: Sequence[np.random.Generator],
-                      act_many: Callable[[Sequence[Policy], Sequence[SimulatorState]], list[Action]],
+                      act_many: Callable[[Sequence[Policy], Sequence[SimulatorState]], list[Action]] | None = None,
                       membership: Membership | str = Membership.LOG,
                       entry_check_s: float = ENTRY_CHECK_S) -> list[SimulatorState]:
     """:func:`simulate` of several episodes advancing together, step by step: episode ``i`` is
     ``policies[i]`` (one policy object per episode) on ``scenes[i]`` for ``num_steps[i]`` steps,
     seeded by ``rngs[i]``; ``act_many(policies, states)`` gives the actions of the episodes still
-    running, so a batched policy plans them in one call. Returns the final states, in order."""
+    running, so a batched policy plans them in one call (None: each policy acts on its own).
+    Returns the final states, in order."""
+    if act_many is None:
+        act_many = lambda ps, ss: [p.act(s) for p, s in zip(ps, ss)]  # noqa: E731
     states = [SimulatorState.from_log(s, start_step, membership) for s in scenes]
     for policy, scene, mask, rng in zip(policies, scenes, controlled, rngs):
         policy.reset(scene, start_step, mask, rng)
@@ -197,24 +196,14 @@ def run_rollouts(source: SceneSource, policy_factory: Callable[[], Policy], *, s
         return scene, num_steps, controlled_mask(scene, controlled)
 
     act_many = getattr(policy, "act_many", None)
-    if scenes_per_batch == 1 or act_many is None:
-        for pos in range(len(scene_ids)):
-            scene, num_steps, mask = episode_setup(pos)
-            runs = []
-            for k in range(samples):
-                runs.append(simulate(scene, policy, mask, start_step, num_steps,
-                                     np.random.default_rng([seed, pos, k]), membership, entry_check_s))
-                bar.update()
-            out.append(record_rollout(runs, name, mask))
-        bar.close()
-        return out
-    # lockstep: the (scene, sample) episodes in order, scenes_per_batch at a time, one policy copy
-    # each (a shallow copy shares the model; reset gives it its own episode)
-    policies = [policy] + [copy.copy(policy) for _ in range(scenes_per_batch - 1)]
+    batch = scenes_per_batch if act_many is not None else 1  # a policy without act_many: one at a time
+    # the (scene, sample) episodes in order, ``batch`` at a time in lockstep, one policy copy each
+    # (a shallow copy shares the model; reset gives it its own episode)
+    policies = [policy] + [copy.copy(policy) for _ in range(batch - 1)]
     jobs = [(pos, k) for pos in range(len(scene_ids)) for k in range(samples)]
     setups, runs = {}, {}
-    for lo in range(0, len(jobs), scenes_per_batch):
-        chunk = jobs[lo:lo + scenes_per_batch]
+    for lo in range(0, len(jobs), batch):
+        chunk = jobs[lo:lo + batch]
         for pos, _ in chunk:
             if pos not in setups:
                 setups[pos] = episode_setup(pos)
