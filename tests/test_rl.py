@@ -18,7 +18,8 @@ from blm_gym.rewards import RewardContext, make_reward
 from blm_gym.rl import DenoisingMDP, Loop, SceneGroupVectorEnv, chunk_realism
 from blm_gym.rl import group_env
 from blm_gym.sim.state import merge_actions, step, trajectory_checks
-from blm_gym.rl.ppo import DenoisingActor, FinetuneConfig, finetune, latent_gaussian
+from blm_gym.rl import ppo
+from blm_gym.rl.ppo import DenoisingActor, FinetuneConfig, finetune, latent_gaussian, validation_split
 from test_rewards import make_scene
 
 torch.set_num_threads(1)
@@ -213,6 +214,34 @@ def test_finetune_logs_a_learning_curve_and_resumes_exactly(tmp_path, model):
     assert all(np.isfinite(float(r[k])) for r in rows[:3] for k in ("task_reward", "kl_reward", "eval_failure_rate"))
     assert np.isfinite(float(rows[3]["eval_failure_rate"])) and rows[3]["task_reward"] == ""
     assert path.with_suffix(".png").stat().st_size > 0
+
+
+def test_validation_split_takes_every_source_in_turn_whatever_the_order():
+    scenes = [dataclasses.replace(scene(), scene_id=f"{src}-{i}", source=src)
+              for src, n in (("a", 4), ("b", 1), ("c", 1)) for i in range(n)]
+    train, val = validation_split(scenes, 3)
+    assert sorted(s.source for s in val) == ["a", "b", "c"] and len(train) == 3
+    assert {s.scene_id for s in validation_split(scenes[::-1], 3)[1]} == {s.scene_id for s in val}
+    assert validation_split(scenes, 0) == (scenes, [])
+    with pytest.raises(ValueError, match="no training scene"):
+        validation_split(scenes, len(scenes))
+
+
+def test_validation_rates_choose_the_kept_weights(tmp_path, model, monkeypatch):
+    save_checkpoint(tmp_path / "base.pt", model)
+    scenes = [dataclasses.replace(scene(n), scene_id=f"s{n}") for n in (40, 45, 50)]
+    train, [val] = validation_split(scenes, 1)
+    one_iteration = finetune(cfg(tmp_path, steps=1, out=str(tmp_path / "one.pt")), scenes=train)
+    rates = iter([0.5, 0.2, 0.3])  # validation failure rate at iterations 0, 1 and of the final weights (2)
+    monkeypatch.setattr(ppo, "evaluate", lambda m, scenes, c, prefix="eval": (
+        {f"{prefix}_{k}": r for r in [next(rates)] for k in ppo.EVAL_METRICS} if scenes == [val] else pytest.fail()))
+    path = finetune(cfg(tmp_path, val_scenes=1), scenes=scenes)
+    best = path.with_suffix(".best.pt")
+    assert load_checkpoint(best)["step"] == 1
+    kept, expected = load_model(best), load_model(one_iteration)
+    assert all(torch.equal(a, b) for a, b in zip(kept.parameters(), expected.parameters()))
+    with open(path.with_suffix(".csv"), newline="") as f:
+        assert [float(r["val_failure_rate"]) for r in csv.DictReader(f)] == [0.5, 0.2, 0.3]
 
 
 def test_bad_loop_is_a_clear_error():

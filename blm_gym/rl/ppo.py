@@ -21,12 +21,17 @@ Tianshou's own :class:`~tianshou.algorithm.PPO`, unchanged, over the denoising-s
 :func:`finetune` runs it: each iteration every env plays one episode, PPO updates, a CSV row is
 logged, an atomic checkpoint written; every ``eval_every`` iterations (from the pretrained weights
 on, and once more after the last) the unguided policy is rolled out closed loop on a fixed set of
-held-out scenes: the learning curve, in the CSV and as a PNG.
+held-out scenes: the learning curve, in the CSV and as a PNG. With ``val_scenes`` some training
+scenes are set aside instead of trained on; the weights with the lowest failure rate on them
+(the pretrained ones included) are kept as ``<out>.best.pt``: PPO on a few scenes per iteration
+drifts after a while, and the held-out scenes must not be the ones that choose when to stop.
 """
 from __future__ import annotations
 
 import csv
+import itertools
 import logging
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +46,7 @@ from tqdm import tqdm
 from blm_gym.atomic_files import atomic_path
 from blm_gym.config import config_to_dict
 from blm_gym.data.scene import Scene
+from blm_gym.data.splits import hash_fraction
 from blm_gym.models.blm import BLMModel
 from blm_gym.models.checkpoint import load_checkpoint, load_model, restore_model, save_checkpoint
 from blm_gym.rewards.terms import make_reward
@@ -139,6 +145,7 @@ class FinetuneConfig:
     eval_samples: int = 2  # closed-loop samples per held-out scene
     eval_start_step: int = 30  # log step the evaluation episodes start from
     eval_horizon_s: float = 8.0
+    val_scenes: int = 0  # training scenes set aside to choose the iteration (<out>.best.pt); 0: off
 
     loop: Loop = Loop.CLOSED  # closed: chains every replan from simulated states; open: BLM's one plan
     num_chains: int = 8  # closed loop: plans per episode (8 s at the 1 s replan)
@@ -174,7 +181,8 @@ class FinetuneConfig:
 
 
 CSV_FIELDS = ("iteration", "task_reward", "task_reward_std", "realism", "kl_reward", "loss", "vf_loss", "seconds",
-              "eval_failure_rate", "eval_collision_rate_any", "eval_offroad_rate_any")
+              "eval_failure_rate", "eval_collision_rate_any", "eval_offroad_rate_any",
+              "val_failure_rate", "val_collision_rate_any", "val_offroad_rate_any")
 EVAL_METRICS = ("failure_rate", "collision_rate_any", "offroad_rate_any")
 
 
@@ -198,6 +206,22 @@ def training_scenes(cfg: FinetuneConfig) -> list[Scene]:
         return open_scenes(cfg.sources, "train", cfg.max_scenes)
     source = scene_source(cfg.env, cfg.data_dir, cfg.scene_ids, split=None if cfg.scene_ids else "train")
     return [source.load(i) for i in range(min(cfg.max_scenes, len(source.scene_ids)))]
+
+
+def validation_split(scenes: Sequence[Scene], n: int) -> tuple[list[Scene], list[Scene]]:
+    """``(train, validation)``: ``n`` of ``scenes`` set aside, taken from each source
+    (``Scene.source``) in turn so that every source is represented, within a source in the order
+    of a hash of the scene id (the choice does not depend on the list's order)."""
+    if n <= 0:
+        return list(scenes), []
+    if n >= len(scenes):
+        raise ValueError(f"finetune: val_scenes={n} leaves no training scene of {len(scenes)}; use fewer")
+    by_source: dict[str, list[Scene]] = {}
+    for s in sorted(scenes, key=lambda s: hash_fraction(f"validation/{s.scene_id}")):
+        by_source.setdefault(s.source, []).append(s)
+    turns = itertools.zip_longest(*(by_source[k] for k in sorted(by_source)))
+    chosen = {id(s) for s in itertools.islice((s for turn in turns for s in turn if s is not None), n)}
+    return [s for s in scenes if id(s) not in chosen], [s for s in scenes if id(s) in chosen]
 
 
 def planning_problems(scenes: Sequence[Scene], start_steps: Sequence[int], need: int, seed: int
@@ -239,8 +263,9 @@ def build_ppo(cfg: FinetuneConfig, model: BLMModel, reference: BLMModel, problem
     return algo, envs
 
 
-def evaluate(model: BLMModel, scenes: Sequence[Scene], cfg: FinetuneConfig) -> dict[str, float]:
-    """Closed-loop failure / collision / off-road rates of the unguided policy on ``scenes``."""
+def evaluate(model: BLMModel, scenes: Sequence[Scene], cfg: FinetuneConfig, prefix: str = "eval") -> dict[str, float]:
+    """Closed-loop failure / collision / off-road rates of the unguided policy on ``scenes``, keyed
+    ``<prefix>_<metric>``."""
     from blm_gym.metrics.report import compute_report
     from blm_gym.models.guidance import GuidanceConfig
     from blm_gym.policies.latent_diffusion import LatentDiffusionPolicy
@@ -256,11 +281,11 @@ def evaluate(model: BLMModel, scenes: Sequence[Scene], cfg: FinetuneConfig) -> d
                             start_step=cfg.eval_start_step, horizon_s=cfg.eval_horizon_s, controlled=cfg.controlled, seed=cfg.seed, progress=False)
     report = compute_report(rollouts, {s.scene_id: s.road.drivable for s in scenes})
     sim = report["overall"]["sim"]
-    return {f"eval_{k}": sim[k]["value"] for k in EVAL_METRICS}
+    return {f"{prefix}_{k}": sim[k]["value"] for k in EVAL_METRICS}
 
 
 def plot_learning_curve(rows: list[dict], path: Path) -> None:
-    """Training reward and held-out failure rates per iteration, as a PNG."""
+    """Training reward, and held-out (and validation) failure rates per iteration, as a PNG."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -278,11 +303,13 @@ def plot_learning_curve(rows: list[dict], path: Path) -> None:
     a.set_title("training batches")
     if any(line.get_label()[:1] != "_" for line in a.lines):
         a.legend()
-    ev = [r for r in rows if r.get("eval_failure_rate") not in (None, "")]
-    for k in EVAL_METRICS:
-        b.plot([int(r["iteration"]) for r in ev], [float(r[f"eval_{k}"]) for r in ev], marker="o", label=k)
+    for prefix, style in (("eval", "-"), ("val", ":")):
+        ev = [r for r in rows if r.get(f"{prefix}_failure_rate") not in (None, "")]
+        for k in EVAL_METRICS[:1] if prefix == "val" else EVAL_METRICS:
+            b.plot([int(r["iteration"]) for r in ev], [float(r[f"{prefix}_{k}"]) for r in ev], style, marker="o",
+                   label=f"{k} ({'held out' if prefix == 'eval' else 'validation'})")
     b.set_xlabel("iteration")
-    b.set_title("held-out scenes, unguided, closed loop")
+    b.set_title("unguided, closed loop")
     b.legend()
     fig.tight_layout()
     with atomic_path(path) as tmp:
@@ -324,7 +351,8 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, scenes: Sequence[Scene] 
              eval_scenes: Sequence[Scene] | None = None) -> Path:
     """PPO-fine-tune ``cfg.checkpoint`` toward ``cfg.reward``; returns the checkpoint path ``cfg.out``.
 
-    ``scenes`` / ``eval_scenes`` replace the env ids' sources. ``resume`` continues from ``out``
+    ``scenes`` / ``eval_scenes`` replace the env ids' sources (``cfg.val_scenes`` of ``scenes`` are
+    set aside for validation). ``resume`` continues from ``out``
     (weights, optimizer, critic, RNG, iteration); the envs' noise is a function of the seed and
     the episode, so a resumed run equals an uninterrupted one.
     """
@@ -343,7 +371,7 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, scenes: Sequence[Scene] 
         ckpt = load_checkpoint(out)
         restore_model(model, ckpt, where=str(out))
         start, state = ckpt["step"], ckpt["optimizer"]
-    scenes = list(scenes) if scenes is not None else training_scenes(cfg)
+    scenes, val_scenes = validation_split(scenes if scenes is not None else training_scenes(cfg), cfg.val_scenes)
     if eval_scenes is None and cfg.eval_sources:
         eval_scenes = open_scenes(cfg.eval_sources, "heldout", cfg.eval_max_scenes)
     c = model.config
@@ -359,12 +387,28 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, scenes: Sequence[Scene] 
     if resume and log_path.exists():
         with open(log_path, newline="") as f:
             rows = [r for r in csv.DictReader(f) if int(r["iteration"]) < start]
+    best_path = out.with_suffix(".best.pt")
+    best = min((float(r["val_failure_rate"]) for r in rows if r.get("val_failure_rate") not in (None, "")),
+               default=math.inf)
+
+    def evaluations(step: int) -> dict[str, float]:
+        """The learning-curve rates of the current weights (``step`` iterations in); keeps them as
+        ``best_path`` when their validation failure rate is the lowest yet."""
+        nonlocal best
+        rates = evaluate(model, eval_scenes, cfg) if eval_scenes else {}
+        if val_scenes:
+            rates.update(evaluate(model, val_scenes, cfg, prefix="val"))
+            if rates["val_failure_rate"] < best:  # ties keep the earlier, less drifted weights
+                best = rates["val_failure_rate"]
+                save_checkpoint(best_path, model, step=step, train_config=config_to_dict(cfg))
+        return rates
+
     began = time.time()
     for it in tqdm(range(start, cfg.steps), desc="finetune", initial=start, total=cfg.steps):
         if cfg.time_budget_min and time.time() - began > 60 * cfg.time_budget_min:
             break
         t0 = time.time()
-        evaluated = evaluate(model, eval_scenes, cfg) if eval_scenes and it % cfg.eval_every == 0 else {}
+        evaluated = evaluations(it) if it % cfg.eval_every == 0 else {}
         # the policy's noise (torch) and Tianshou's minibatch shuffles (numpy) are a function of
         # (seed, iteration), so a resumed run draws what the uninterrupted one drew
         torch.manual_seed(cfg.seed * 1_000_003 + it)
@@ -380,9 +424,9 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, scenes: Sequence[Scene] 
                      "seconds": round(time.time() - t0, 3), **evaluated})
         _write_csv(log_path, rows)
         save_checkpoint(out, model, step=it + 1, train_config=config_to_dict(cfg), optimizer=_TrainState(algo))
-    if eval_scenes:  # the final weights: a row of their own after the last iteration
+    if eval_scenes or val_scenes:  # the final weights: a row of their own after the last iteration
         done = int(load_checkpoint(out)["step"]) if out.exists() else start
-        rows.append({"iteration": done, **evaluate(model, eval_scenes, cfg)})
+        rows.append({"iteration": done, **evaluations(done)})
         _write_csv(log_path, rows)
         plot_learning_curve(rows, out.with_suffix(".png"))
     if not out.exists():  # nothing left to do (steps already reached): still hand back a checkpoint
