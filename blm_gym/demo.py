@@ -2,7 +2,8 @@
 
 1. train the action VAE (stage 1) and 2. the scene-level latent diffusion model (stage 2) on the
 training scenes; 3. PPO-fine-tune the diffusion model toward a rule-based objective (stage 3);
-4. roll both models out closed loop on held-out scenes (K samples each), 5. score them next to the
+4. roll both models out closed loop on the source's held-out split (``blm_gym.data.splits``; synthetic:
+every fifth scene of each road kind) K times each, 5. score them next to the
 logged ground truth, and write ``rollout.h5``, ``metrics.json``, an mp4 and a PNG contact sheet.
 
 By default the scenes are the embedded synthetic ones (highway-env traffic, no download);
@@ -32,12 +33,12 @@ class DemoConfig:
     data_dir: str | None = None  # for real data (else $BLM_GYM_DATA)
     out: str = "runs/demo"
     synthetic_scenes: int = 40  # highway/merge/roundabout/intersection x 10 seeds
-    eval_scenes: tuple[str, ...] = ("roundabout-001", "intersection-001")  # held out (synthetic ids)
+    eval_scenes: tuple[str, ...] = ()  # evaluation scene ids; (): the source's heldout split (synthetic: 2 per kind)
     vae_steps: int = 1000
     diffusion_steps: int = 2500  # on synthetic scenes turns are learnt late (1000 steps: barely any)
     finetune_iterations: int = 10  # PPO iterations (collect + update)
     reward: str = "collision=1,offroad=1"  # the stage-3 objective
-    samples: int = 8  # closed-loop samples per evaluation scene
+    samples: int = 4  # closed-loop samples per evaluation scene
     horizon_s: float = 10.0
     seed: int = 0
     num_threads: int = 2
@@ -47,20 +48,20 @@ ENV_IDS = {"synthetic": "BLM-Synthetic-v0", "nuscenes": "BLM-nuScenes-v0", "scen
 
 
 def _scenes(cfg: DemoConfig):
-    """(source, train scenes, eval scene ids)."""
+    """(source, train scenes, eval scene ids): the source's heldout split (or ``cfg.eval_scenes``)
+    is evaluated on, the rest trained on."""
     if cfg.data not in ENV_IDS:
         raise ValueError(f"demo: data must be one of {sorted(ENV_IDS)}, got {cfg.data!r}")
+    from blm_gym.data.splits import split_scene_ids
     from blm_gym.envs import scene_source
 
-    if cfg.data == "synthetic":
-        source = scene_source(ENV_IDS[cfg.data], num_scenes=cfg.synthetic_scenes, seed=cfg.seed)
-        eval_ids = [s for s in cfg.eval_scenes if s in source.scene_ids] or list(source.scene_ids[-2:])
-    else:
-        from blm_gym.train.common import NUSCENES_MINI_VAL
-
-        source = scene_source(ENV_IDS[cfg.data], cfg.data_dir)
-        eval_ids = [s for s in (*cfg.eval_scenes, *NUSCENES_MINI_VAL) if s in source.scene_ids]
-        eval_ids = eval_ids or list(source.scene_ids[-2:])
+    options = dict(num_scenes=cfg.synthetic_scenes, seed=cfg.seed) if cfg.data == "synthetic" else {}
+    source = scene_source(ENV_IDS[cfg.data], cfg.data_dir, **options)
+    eval_ids = list(cfg.eval_scenes) or split_scene_ids(source, "heldout")
+    unknown = sorted(set(eval_ids) - set(source.scene_ids))
+    if unknown or not eval_ids:
+        raise ValueError(f"demo: evaluation scenes {unknown or 'none'} (of {len(source.scene_ids)} scenes): "
+                         "pass eval_scenes from the source's ids, or more synthetic_scenes (held out: NNN % 5 == 4)")
     train = [source.load(i) for i, sid in enumerate(source.scene_ids) if sid not in eval_ids]
     if not train:
         raise ValueError(f"demo: no training scenes left after holding out {eval_ids}")

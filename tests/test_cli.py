@@ -61,6 +61,13 @@ def test_demo_refuses_to_mix_runs(tmp_path, capsys):
     assert "--mode resume" in capsys.readouterr().err
 
 
+def test_demo_without_held_out_scenes_says_how_to_get_some():
+    from blm_gym.demo import DemoConfig, _scenes
+
+    with pytest.raises(ValueError, match="more synthetic_scenes"):
+        _scenes(DemoConfig(synthetic_scenes=4))  # ids *-000: all in the train split
+
+
 @pytest.mark.slow
 def test_demo_end_to_end_tiny(tmp_path):
     out = tmp_path / "demo"
