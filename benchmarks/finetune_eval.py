@@ -4,7 +4,8 @@ Fine-tunes ``--checkpoint`` for ``--reward`` on the *train* split of every share
 (``blm_gym.data.splits``) twice, in parallel, one CPU thread each and the same wall-clock budget:
 closed loop (``loop=closed``, the shipped set-up) and open loop (``loop=open``, BLM's one plan
 per chain). Each run logs its learning curve on a fixed set of held-out scenes (nuScenes-mini
-val and held-out womd-sample) to ``<out>/<loop>_loop.csv`` / ``.png``. The tables comparing
+val and held-out womd-sample) to ``<out>/<loop>_loop.csv`` / ``.png``, and keeps the weights that 8
+training scenes set aside rate best as ``<out>/<loop>_loop.best.pt``. The tables comparing
 the two come from ``benchmarks/results_md.py`` (``@safe`` / ``@open`` columns)::
 
     python benchmarks/finetune_eval.py --minutes 30 --out runs/stage3
@@ -53,7 +54,7 @@ def main() -> None:
         cmd = [sys.executable, "-m", "blm_gym.cli", "finetune", "--checkpoint", args.checkpoint, "--reward",
                args.reward, "--steps", "100000", "--out", str(out / f"{loop}_loop.pt"), "--set", f"loop={loop}",
                f"time_budget_min={args.minutes}", f"sources={sources(TRAIN_SOURCES)}",
-               f"eval_sources={sources(EVAL_SOURCES)}", *args.set]
+               f"eval_sources={sources(EVAL_SOURCES)}", "val_scenes=8", *args.set]
         print(" ".join(cmd), file=sys.stderr)
         log = open(out / f"{loop}_loop.log", "w")
         runs[loop] = (subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT), time.perf_counter())
@@ -61,7 +62,8 @@ def main() -> None:
     for loop, (proc, t0) in runs.items():
         if proc.wait():
             raise SystemExit(f"{loop}-loop fine-tune failed; see {out / f'{loop}_loop.log'}")
-        report[loop] = {"seconds": round(time.perf_counter() - t0, 1), "checkpoint": str(out / f"{loop}_loop.pt")}
+        report[loop] = {"seconds": round(time.perf_counter() - t0, 1), "checkpoint": str(out / f"{loop}_loop.pt"),
+                        "best": str(out / f"{loop}_loop.best.pt")}
     with atomic_path(out / "runs.json") as tmp:
         Path(tmp).write_text(json.dumps(report, indent=1))
     print(json.dumps(report, indent=1))
