@@ -166,6 +166,7 @@ class FinetuneConfig:
     realism_weight: float = 1.0  # weight of the leave-one-out realism term (0: off)
     plan_weight: float = 0.0  # closed loop: weight of the reward terms over the rest of each plan (0: off)
     vf_coef: float = 0.5
+    gamma: float = 1.0  # discount per MDP step (a chain is tuned_denoise_steps of them)
     gae_lambda: float = 0.95
     repeat: int = 2  # optimisation epochs per iteration
     batch_size: int = 64  # minibatch (transitions)
@@ -259,7 +260,7 @@ def build_ppo(cfg: FinetuneConfig, model: BLMModel, reference: BLMModel, problem
     critic = ChainCritic(cfg.num_denoise_steps, num_chains, model.config.latent_dim).to(cfg.device)
     algo = PPO(policy=policy, critic=critic, optim=AdamOptimizerFactory(lr=cfg.lr), eps_clip=cfg.clip,
                vf_coef=cfg.vf_coef, ent_coef=0.0, max_grad_norm=cfg.max_grad_norm, gae_lambda=cfg.gae_lambda,
-               gamma=1.0, advantage_normalization=True)
+               gamma=cfg.gamma, advantage_normalization=True)
     return algo, envs
 
 
