@@ -210,17 +210,16 @@ def training_scenes(cfg: FinetuneConfig) -> list[Scene]:
 
 
 def validation_split(scenes: Sequence[Scene], n: int) -> tuple[list[Scene], list[Scene]]:
-    """``(train, validation)``: ``n`` of ``scenes`` set aside, taken from each source
-    (``Scene.source``) in turn so that every source is represented, within a source in the order
-    of a hash of the scene id (the choice does not depend on the list's order)."""
+    """``(train, validation)``: up to ``n`` of ``scenes`` set aside, taken from each source
+    (``Scene.source``) in turn so that every source is represented, but at most half of any
+    source (small sources keep training scenes); within a source in the order of a hash of the
+    scene id (the choice does not depend on the list's order)."""
     if n <= 0:
         return list(scenes), []
-    if n >= len(scenes):
-        raise ValueError(f"finetune: val_scenes={n} leaves no training scene of {len(scenes)}; use fewer")
     by_source: dict[str, list[Scene]] = {}
     for s in sorted(scenes, key=lambda s: hash_fraction(f"validation/{s.scene_id}")):
         by_source.setdefault(s.source, []).append(s)
-    turns = itertools.zip_longest(*(by_source[k] for k in sorted(by_source)))
+    turns = itertools.zip_longest(*(v[:len(v) // 2] for _, v in sorted(by_source.items())))
     chosen = {id(s) for s in itertools.islice((s for turn in turns for s in turn if s is not None), n)}
     return [s for s in scenes if id(s) not in chosen], [s for s in scenes if id(s) in chosen]
 
