@@ -11,6 +11,7 @@ from conftest import SHARED_DATA
 from blm_gym.models import BLMModel, collate, make_agent_batch
 from blm_gym.models.checkpoint import load_checkpoint, load_model
 from blm_gym.train import DiffusionTrainConfig, VAETrainConfig, train_diffusion, train_vae
+from blm_gym.train.common import learning_rate
 from blm_gym.train.vae import model_config
 from test_models import toy_scene
 
@@ -173,3 +174,15 @@ def test_sources_train_split_windowed_heldout_never(tmp_path, nuscenes_dir, data
         assert got and got <= set(split_scene_ids(open_source(kind, entries[kind]), "train", kind))
     train_vae(cfg)  # and the trainer runs on them
     assert tuple(load_checkpoint(cfg.out)["train_config"]["sources"]) == cfg.sources
+
+
+def test_learning_rate_warms_up_then_stays_or_decays_to_zero(tmp_path):
+    cfg = lambda schedule: vae_cfg(tmp_path, lr=1e-3, warmup_steps=10, steps=110, lr_schedule=schedule)  # noqa: E731
+    assert learning_rate(cfg("constant"), 0) == pytest.approx(1e-4)
+    assert learning_rate(cfg("constant"), 100) == pytest.approx(1e-3)
+    cosine = [learning_rate(cfg("cosine"), s) for s in range(110)]
+    assert cosine[:10] == pytest.approx([learning_rate(cfg("constant"), s) for s in range(10)])
+    assert cosine[60] == pytest.approx(5e-4) and cosine[-1] < 1e-6
+    assert all(a >= b for a, b in zip(cosine[9:], cosine[10:]))
+    with pytest.raises(ValueError, match="lr_schedule must be one of"):
+        train_vae(cfg("linear"), scenes=toy_split())

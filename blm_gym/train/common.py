@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import math
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -175,18 +176,34 @@ LossFn = Callable[[BLMModel, AgentBatch, torch.Generator], tuple[torch.Tensor, d
 ValFn = Callable[[BLMModel], dict[str, float]]
 
 
+LR_SCHEDULES = ("constant", "cosine")
+
+
+def learning_rate(cfg, step: int) -> float:
+    """The learning rate of (0-based) ``step``: a linear warm-up over ``cfg.warmup_steps``, then
+    ``cfg.lr`` (``lr_schedule="constant"``) or a cosine decay from it to 0 at ``cfg.steps``
+    (``"cosine"``: a short budget ends on small steps instead of Adam's noise floor)."""
+    warm = min(1.0, (step + 1) / max(cfg.warmup_steps, 1))
+    if cfg.lr_schedule == "constant":
+        return cfg.lr * warm
+    done = min(1.0, max(0.0, (step - cfg.warmup_steps) / max(cfg.steps - cfg.warmup_steps, 1)))
+    return cfg.lr * warm * 0.5 * (1.0 + math.cos(math.pi * done))
+
+
 def train_loop(cfg, model: BLMModel, params: list[torch.nn.Parameter], train: Windows | AgentBatch, loss_fn: LossFn,
                val_fn: ValFn | None, resume: bool, desc: str,
                finalize: Callable[[BLMModel], None] | None = None) -> tuple[BLMModel, list[dict]]:
     """Optimise ``params`` of ``model`` for ``cfg.steps`` steps on random batches of ``train``.
 
-    ``cfg`` fields used: steps, batch_size, mirror, lr, weight_decay, warmup_steps, grad_clip, seed, out,
+    ``cfg`` fields used: steps, batch_size, mirror, lr, lr_schedule, weight_decay, warmup_steps, grad_clip, seed, out,
     log_every, val_every, save_every, and ``loader_workers`` (DataLoader processes; 0 if absent).
     ``finalize`` runs once after the last step, before the final checkpoint (e.g. to set
     ``latent_scale``). Returns the model and the CSV rows.
     Under ``torchrun`` each rank trains on its shard of ``train`` with averaged gradients and only
     rank 0 validates and writes files (:mod:`blm_gym.train.distributed`).
     """
+    if cfg.lr_schedule not in LR_SCHEDULES:
+        raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {cfg.lr_schedule!r}")
     if isinstance(train, AgentBatch):
         train = InMemoryWindows(train)
     out = Path(cfg.out)
@@ -218,7 +235,7 @@ def train_loop(cfg, model: BLMModel, params: list[torch.nn.Parameter], train: Wi
             batch = mirror(batch, torch.rand(batch.batch_size, generator=data_rng) < 0.5)
         batch = batch.to(device).trimmed()
         for g in opt.param_groups:
-            g["lr"] = cfg.lr * min(1.0, (step + 1) / max(cfg.warmup_steps, 1))
+            g["lr"] = learning_rate(cfg, step)
         model.train()
         loss, logs = loss_fn(model, batch, data_rng)
         opt.zero_grad(set_to_none=True)

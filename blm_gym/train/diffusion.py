@@ -42,6 +42,7 @@ class DiffusionTrainConfig:
     lr: float = 1e-3
     weight_decay: float = 1e-4
     warmup_steps: int = 100
+    lr_schedule: str = "constant"  # after warm-up: "constant" or "cosine" (to 0 at steps)
     grad_clip: float = 1.0
     seed: int = 0
     val_sample_steps: int = 5  # DDIM steps for the validation plans

@@ -47,6 +47,7 @@ class VAETrainConfig:
     lr: float = 2e-3
     weight_decay: float = 1e-4
     warmup_steps: int = 50
+    lr_schedule: str = "constant"  # after warm-up: "constant" or "cosine" (to 0 at steps)
     grad_clip: float = 1.0
     beta: float = 3e-3  # KL weight
     state_weight: float = 1.0  # per metre of ADE
