@@ -1,7 +1,8 @@
 """``blm-gym demo``: the whole bi-level pipeline on one machine, stage by stage.
 
 1. train the action VAE (stage 1) and 2. the scene-level latent diffusion model (stage 2) on the
-training scenes; 3. PPO-fine-tune the diffusion model toward a rule-based objective (stage 3);
+training scenes; 3. PPO-fine-tune the diffusion model toward a rule-based objective (stage 3),
+keeping the iteration that training scenes set aside rate best;
 4. roll both models out closed loop on the source's held-out split (``blm_gym.data.splits``; synthetic:
 every fifth scene of each road kind) K times each, 5. score them next to the
 logged ground truth, and write ``rollout.h5``, ``metrics.json``, an mp4 and a PNG contact sheet.
@@ -37,6 +38,7 @@ class DemoConfig:
     vae_steps: int = 1000
     diffusion_steps: int = 2500  # on synthetic scenes turns are learnt late (1000 steps: barely any)
     finetune_iterations: int = 10  # PPO iterations (collect + update)
+    finetune_val_scenes: int = 4  # training scenes set aside: the fine-tune shown is the iteration they rate best
     reward: str = "collision=1,offroad=1"  # the stage-3 objective
     samples: int = 4  # closed-loop samples per evaluation scene
     horizon_s: float = 10.0
@@ -84,6 +86,7 @@ def run_demo(cfg: DemoConfig, mode: str = "fresh") -> dict:
     """
     import torch
 
+    from blm_gym.models.checkpoint import load_checkpoint
     from blm_gym.rl.ppo import FinetuneConfig, finetune
     from blm_gym.train.diffusion import DiffusionTrainConfig, train_diffusion
     from blm_gym.train.vae import VAETrainConfig, train_vae
@@ -117,16 +120,24 @@ def run_demo(cfg: DemoConfig, mode: str = "fresh") -> dict:
         DiffusionTrainConfig(vae_checkpoint=str(vae), data="synthetic", steps=cfg.diffusion_steps, seed=cfg.seed,
                              out=str(p), val_every=10**9, save_every=cfg.diffusion_steps, loader_workers=0),
         scenes=split))
-    finetuned = stage("stage 3: PPO fine-tuning", out / "finetuned.pt", lambda p: finetune(
+    # rated before the first and after the last iteration, so the weights shown are never worse on the
+    # validation scenes than the pretrained ones: PPO at this budget can drift either way
+    stage("stage 3: PPO fine-tuning", out / "finetuned.pt", lambda p: finetune(
         replace(FinetuneConfig(), checkpoint=str(pretrained), reward=cfg.reward, steps=cfg.finetune_iterations,
-                scenes_per_step=2, num_chains=4, seed=cfg.seed, out=str(p)), scenes=train))
+                scenes_per_step=2, num_chains=4, seed=cfg.seed, out=str(p), val_scenes=cfg.finetune_val_scenes,
+                eval_every=cfg.finetune_iterations), scenes=train))
+    best = out / "finetuned.best.pt"  # absent without validation scenes (none to spare: each source keeps half)
+    finetuned = best if best.exists() else out / "finetuned.pt"
     t0 = time.perf_counter()
     summary = evaluate(source, eval_ids, {"pretrained": pretrained, "finetuned": finetuned}, cfg, out)
+    summary["finetuned_iteration"] = int(load_checkpoint(finetuned)["step"])
     timings["evaluate"] = round(time.perf_counter() - t0, 1)
     summary["seconds"] = timings
     with atomic_path(out / "metrics.json") as tmp:
         tmp.write_text(json.dumps(summary, indent=1))
     print(before_after_table(summary))
+    print(f"[demo] fine-tuned weights shown: {finetuned.name}, after {summary['finetuned_iteration']} of "
+          f"{cfg.finetune_iterations} PPO iterations (0: none beat the pretrained ones on the validation scenes)")
     print(f"[demo] done: {out}/metrics.json, rollout.h5, rollout.mp4, contact_sheet.png")
     return summary
 

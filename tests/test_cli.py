@@ -72,10 +72,11 @@ def test_demo_without_held_out_scenes_says_how_to_get_some():
 def test_demo_end_to_end_tiny(tmp_path):
     out = tmp_path / "demo"
     assert main(["demo", "--out", str(out), "--set", "vae_steps=10", "diffusion_steps=10", "finetune_iterations=1",
-                 "samples=2", "horizon_s=2", "synthetic_scenes=4", 'eval_scenes=["intersection-000"]']) == 0
+                 "samples=2", "horizon_s=2", "synthetic_scenes=8", "finetune_val_scenes=2",
+                 'eval_scenes=["intersection-000"]']) == 0
     summary = json.loads((out / "metrics.json").read_text())
-    assert {"pretrained", "finetuned", "log"} <= set(summary)
-    for name in ("rollout.h5", "rollout.mp4", "contact_sheet.png", "finetuned.pt"):
+    assert {"pretrained", "finetuned", "log"} <= set(summary) and summary["finetuned_iteration"] in (0, 1)
+    for name in ("rollout.h5", "rollout.mp4", "contact_sheet.png", "finetuned.pt", "finetuned.best.pt"):
         assert (out / name).stat().st_size > 0
 
 
