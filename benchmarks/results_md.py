@@ -27,7 +27,7 @@ from blm_gym.rollout.runner import RolloutConfig, run_rollouts
 
 ROOT = Path(__file__).resolve().parents[1]
 # stage-3 fine-tunes of the shipped model for collision + off-road, same budget: closed loop (shipped) and open loop
-CHECKPOINTS = {"safe": "blm_gym/assets/blm_safe.pt", "open": "runs/stage3/open_loop.pt"}
+CHECKPOINTS = {"safe": "blm_gym/assets/blm_safe.pt", "open": "runs/stage3/open_loop.best.pt"}
 
 
 @dataclass(frozen=True)
