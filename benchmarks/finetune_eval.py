@@ -3,7 +3,7 @@
 Fine-tunes ``--checkpoint`` for ``--reward`` on the *train* split of every shared source
 (``blm_gym.data.splits``) twice, in parallel, one CPU thread each and the same wall-clock budget:
 closed loop (``loop=closed``, the shipped set-up) and open loop (``loop=open``, BLM's one plan
-per chain), with :data:`RECIPE`. Each run logs its learning curve on a fixed set of held-out scenes
+per chain), with :data:`SETTINGS`. Each run logs its learning curve on a fixed set of held-out scenes
 (nuScenes-mini val and held-out womd-sample) to ``<out>/<loop>_loop.csv`` / ``.png``, and keeps the
 weights that 8 training scenes set aside rate best as ``<out>/<loop>_loop.best.pt`` (the shipped
 ``blm_safe.pt`` is the closed loop's). The tables comparing
@@ -31,12 +31,8 @@ from blm_gym.policies.latent_diffusion import DEFAULT_CHECKPOINT
 TRAIN_SOURCES = ("scenarionet:nuscenes-mini", "scenarionet:womd-sample", "scenarionet:womd-gpudrive",
                  "womd:womd-protos", "interaction:interaction", "av2:av2-sample", "commonroad:commonroad-ngsim")
 EVAL_SOURCES = ("scenarionet:nuscenes-mini", "scenarionet:womd-sample")
-# The shipped recipe: 8 scenes x 4 copies per iteration at lr 1e-4. A scene-level reward credits
-# each vehicle's latent with 1/N of its own collision, so with 4 scenes per iteration the gradient
-# is mostly noise and the weights drift (validation failure rose at lr 3e-4 and 1e-4, kl_coef 0.3,
-# gamma 0.8); twice the scenes at the smaller rate lowered it.
-RECIPE = ("val_scenes=8", "scenes_per_step=8", "lr=0.0001")
-PER_LOOP = {"closed": ("plan_weight=1",), "open": ()}  # open loop executes the whole plan: no look-ahead term
+# FinetuneConfig's defaults plus these (open loop executes the whole plan: no look-ahead term)
+SETTINGS = {"closed": ("val_scenes=8", "plan_weight=1"), "open": ("val_scenes=8",)}
 
 
 def sources(entries) -> str:
@@ -58,12 +54,12 @@ def main() -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     runs = {}
     for loop in args.loops.split(","):
-        if loop not in PER_LOOP:
-            raise SystemExit(f"--loops: {loop!r} is not one of {sorted(PER_LOOP)}")
+        if loop not in SETTINGS:
+            raise SystemExit(f"--loops: {loop!r} is not one of {sorted(SETTINGS)}")
         cmd = [sys.executable, "-m", "blm_gym.cli", "finetune", "--checkpoint", args.checkpoint, "--reward",
                args.reward, "--steps", "100000", "--out", str(out / f"{loop}_loop.pt"), "--set", f"loop={loop}",
                f"time_budget_min={args.minutes}", f"sources={sources(TRAIN_SOURCES)}",
-               f"eval_sources={sources(EVAL_SOURCES)}", *RECIPE, *PER_LOOP[loop], *args.set]
+               f"eval_sources={sources(EVAL_SOURCES)}", *SETTINGS[loop], *args.set]
         print(" ".join(cmd), file=sys.stderr)
         log = open(out / f"{loop}_loop.log", "w")
         runs[loop] = (subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT), time.perf_counter())
