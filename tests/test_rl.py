@@ -243,9 +243,13 @@ def test_validation_rates_choose_the_kept_weights(tmp_path, model, monkeypatch):
         assert [float(r["val_failure_rate"]) for r in csv.DictReader(f)] == [0.5, 0.2, 0.3]
 
 
-def test_bad_loop_is_a_clear_error():
+def test_bad_finetune_settings_are_clear_errors():
     with pytest.raises(ValueError, match="loop must be one of"):
         FinetuneConfig(loop="sideways")
+    with pytest.raises(ValueError, match="gamma is a discount"):
+        FinetuneConfig(gamma=1.5)
+    with pytest.raises(ValueError, match="val_scenes must be >= 0"):
+        FinetuneConfig(val_scenes=-1)
 
 
 def test_problems_too_short_for_the_episode_are_a_clear_error(model):

@@ -182,6 +182,10 @@ class FinetuneConfig:
         if self.loop not in {m.value for m in Loop} | set(Loop):
             raise ValueError(f"FinetuneConfig.loop must be one of {[m.value for m in Loop]}, got {self.loop!r}")
         object.__setattr__(self, "loop", Loop(self.loop))
+        if not 0.0 <= self.gamma <= 1.0:
+            raise ValueError(f"FinetuneConfig.gamma is a discount in [0, 1], got {self.gamma}")
+        if self.val_scenes < 0:
+            raise ValueError(f"FinetuneConfig.val_scenes must be >= 0 (0: no validation scenes), got {self.val_scenes}")
 
 
 CSV_FIELDS = ("iteration", "task_reward", "task_reward_std", "realism", "kl_reward", "loss", "vf_loss", "seconds",
