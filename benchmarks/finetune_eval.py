@@ -3,11 +3,11 @@
 Fine-tunes ``--checkpoint`` for ``--reward`` on the *train* split of every shared source
 (``blm_gym.data.splits``) twice, in parallel, one CPU thread each and the same wall-clock budget:
 closed loop (``loop=closed``, the shipped set-up) and open loop (``loop=open``, BLM's one plan
-per chain), with :data:`SETTINGS`. Each run logs its learning curve on a fixed set of held-out scenes
-(nuScenes-mini val and held-out womd-sample) to ``<out>/<loop>_loop.csv`` / ``.png``, and keeps the
-weights that 8 training scenes set aside rate best as ``<out>/<loop>_loop.best.pt`` (the shipped
-``blm_safe.pt`` is the closed loop's). The tables comparing
-the two come from ``benchmarks/results_md.py`` (``@safe`` / ``@open`` columns)::
+per chain), with :data:`VALIDATION` and :data:`LOOP_SETTINGS`. Each run logs its learning curve on
+a fixed set of held-out scenes (nuScenes-mini val and held-out womd-sample) to
+``<out>/<loop>_loop.csv`` / ``.png``, and keeps the weights that 8 training scenes set aside rate
+best as ``<out>/<loop>_loop.best.pt`` (the shipped ``blm_safe.pt`` is the closed loop's). The tables
+comparing the two come from ``benchmarks/results_md.py`` (``@safe`` / ``@open`` columns)::
 
     python benchmarks/finetune_eval.py --minutes 25 --out runs/stage3
     python benchmarks/finetune_eval.py --minutes 30 --reward safety_critical=1 --set controlled=non_ego \\
@@ -32,7 +32,8 @@ TRAIN_SOURCES = ("scenarionet:nuscenes-mini", "scenarionet:womd-sample", "scenar
                  "womd:womd-protos", "interaction:interaction", "av2:av2-sample", "commonroad:commonroad-ngsim")
 EVAL_SOURCES = ("scenarionet:nuscenes-mini", "scenarionet:womd-sample")
 # FinetuneConfig's defaults plus these (open loop executes the whole plan: no look-ahead term)
-SETTINGS = {"closed": ("val_scenes=8", "plan_weight=1"), "open": ("val_scenes=8",)}
+VALIDATION = "val_scenes=8"
+LOOP_SETTINGS = {"closed": ("plan_weight=1",), "open": ()}
 
 
 def sources(entries) -> str:
@@ -54,12 +55,12 @@ def main() -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     runs = {}
     for loop in args.loops.split(","):
-        if loop not in SETTINGS:
-            raise SystemExit(f"--loops: {loop!r} is not one of {sorted(SETTINGS)}")
+        if loop not in LOOP_SETTINGS:
+            raise SystemExit(f"--loops: {loop!r} is not one of {sorted(LOOP_SETTINGS)}")
         cmd = [sys.executable, "-m", "blm_gym.cli", "finetune", "--checkpoint", args.checkpoint, "--reward",
                args.reward, "--steps", "100000", "--out", str(out / f"{loop}_loop.pt"), "--set", f"loop={loop}",
                f"time_budget_min={args.minutes}", f"sources={sources(TRAIN_SOURCES)}",
-               f"eval_sources={sources(EVAL_SOURCES)}", *SETTINGS[loop], *args.set]
+               f"eval_sources={sources(EVAL_SOURCES)}", VALIDATION, *LOOP_SETTINGS[loop], *args.set]
         print(" ".join(cmd), file=sys.stderr)
         log = open(out / f"{loop}_loop.log", "w")
         runs[loop] = (subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT), time.perf_counter())
