@@ -87,7 +87,7 @@ def run_demo(cfg: DemoConfig, mode: str = "fresh") -> dict:
     import torch
 
     from blm_gym.models.checkpoint import load_checkpoint
-    from blm_gym.rl.ppo import FinetuneConfig, finetune
+    from blm_gym.rl.ppo import FinetuneConfig, best_checkpoint, finetune
     from blm_gym.train.diffusion import DiffusionTrainConfig, train_diffusion
     from blm_gym.train.vae import VAETrainConfig, train_vae
 
@@ -122,12 +122,12 @@ def run_demo(cfg: DemoConfig, mode: str = "fresh") -> dict:
         scenes=split))
     # rated before the first and after the last iteration, so the weights shown are never worse on the
     # validation scenes than the pretrained ones: PPO at this budget can drift either way
-    stage("stage 3: PPO fine-tuning", out / "finetuned.pt", lambda p: finetune(
+    last = stage("stage 3: PPO fine-tuning", out / "finetuned.pt", lambda p: finetune(
         replace(FinetuneConfig(), checkpoint=str(pretrained), reward=cfg.reward, steps=cfg.finetune_iterations,
                 scenes_per_step=2, num_chains=4, seed=cfg.seed, out=str(p), val_scenes=cfg.finetune_val_scenes,
                 eval_every=cfg.finetune_iterations), scenes=train))
-    best = out / "finetuned.best.pt"  # absent without validation scenes (none to spare: each source keeps half)
-    finetuned = best if best.exists() else out / "finetuned.pt"
+    best = best_checkpoint(last)  # absent without validation scenes (each source keeps half)
+    finetuned = best if best.exists() else last
     t0 = time.perf_counter()
     summary = evaluate(source, eval_ids, {"pretrained": pretrained, "finetuned": finetuned}, cfg, out)
     summary["finetuned_iteration"] = int(load_checkpoint(finetuned)["step"])

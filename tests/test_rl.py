@@ -235,7 +235,7 @@ def test_validation_rates_choose_the_kept_weights(tmp_path, model, monkeypatch):
     monkeypatch.setattr(ppo, "evaluate", lambda m, scenes, c, prefix="eval": (
         {f"{prefix}_{k}": r for r in [next(rates)] for k in ppo.EVAL_METRICS} if scenes == [val] else pytest.fail()))
     path = finetune(cfg(tmp_path, val_scenes=1), scenes=scenes)
-    best = path.with_suffix(".best.pt")
+    best = ppo.best_checkpoint(path)
     assert load_checkpoint(best)["step"] == 1
     kept, expected = load_model(best), load_model(one_iteration)
     assert all(torch.equal(a, b) for a, b in zip(kept.parameters(), expected.parameters()))

@@ -216,6 +216,11 @@ def training_scenes(cfg: FinetuneConfig) -> list[Scene]:
     return [source.load(i) for i in range(min(cfg.max_scenes, len(source.scene_ids)))]
 
 
+def best_checkpoint(out: str | Path) -> Path:
+    """Where :func:`finetune` keeps the weights its validation scenes rate best: ``<out>.best.pt``."""
+    return Path(out).with_suffix(".best.pt")
+
+
 def validation_split(scenes: Sequence[Scene], n: int) -> tuple[list[Scene], list[Scene]]:
     """``(train, validation)``: up to ``n`` of ``scenes`` set aside, taken from each source
     (``Scene.source``) in turn so that every source is represented, but at most half of any
@@ -394,7 +399,7 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, scenes: Sequence[Scene] 
     if resume and log_path.exists():
         with open(log_path, newline="") as f:
             rows = [r for r in csv.DictReader(f) if int(r["iteration"]) < start]
-    best_path = out.with_suffix(".best.pt")
+    best_path = best_checkpoint(out)
     best = min((float(r["val_failure_rate"]) for r in rows if r.get("val_failure_rate") not in (None, "")),
                default=math.inf)
 
