@@ -40,8 +40,8 @@ class RewardContext:
 
     ``x, y`` [m], ``heading`` [rad], ``speed`` [m/s], ``valid``: ``(..., N, T)``.
     ``length, width`` [m]: ``(N,)`` or ``(..., N)``. ``agent_type``: int ``(N,)`` of
-    :class:`AgentType`. ``controlled``: bool ``(N,)``, the agents being scored. ``ego_index``:
-    the ego agent. ``dt`` [s]: step between states. ``drivable``: the scene's drivable area.
+    :class:`AgentType`. ``controlled``: bool ``(N,)`` (or ``(..., N)``: :meth:`each_agent`), the
+    agents being scored. ``ego_index``: the ego agent. ``dt`` [s]: step between states. ``drivable``: the scene's drivable area.
     ``collision``, ``offroad``: bool ``(..., N, T)``, the simulator's per-step checks of these
     states (:func:`blm_gym.sim.state.trajectory_checks`): read from the
     :class:`~blm_gym.sim.state.SimulatorState` in an env, computed once for decoded plans.
@@ -69,7 +69,22 @@ class RewardContext:
     @property
     def focus(self) -> np.ndarray:
         """Bool ``(..., N, T)``: scored agent-steps (controlled and valid)."""
-        return self.valid & self.controlled[:, None]
+        return self.valid & self.controlled[..., None]
+
+    def each_agent(self, agents) -> "RewardContext":
+        """This context with a new leading dim over ``agents`` (indices ``(M,)``): row ``m`` scores
+        agent ``agents[m]`` alone (``controlled`` one-hot), so a term returns ``(M, ...)``, each
+        agent's own score (per-agent credit in fine-tuning). Arrays are broadcast views, not copies."""
+        agents = np.asarray(agents, int)
+        m, n = len(agents), len(self.agent_type)
+        one_hot = np.zeros((m, n), bool)
+        one_hot[np.arange(m), agents] = True
+        lead = lambda a: np.broadcast_to(a, (m,) + np.shape(a))  # noqa: E731
+        per_sample = {k: lead(getattr(self, k)) for k in ("x", "y", "heading", "speed", "valid", "collision", "offroad")}
+        sizes = {k: getattr(self, k) if np.ndim(getattr(self, k)) == 1 else lead(getattr(self, k))
+                 for k in ("length", "width")}
+        controlled = one_hot.reshape((m,) + (1,) * len(self.batch_shape) + (n,))
+        return dataclasses.replace(self, **per_sample, **sizes, controlled=controlled)
 
     @functools.cached_property
     def steps(self) -> dict[str, np.ndarray]:

@@ -17,7 +17,11 @@ plan are the MDP's steps:
   (:meth:`~blm_gym.rewards.terms.RewardContext.from_state`, every road user as simulated). The
   next chain starts from that state. With ``plan_weight > 0`` the terms over the *rest* of the
   plan are added with that weight: the plan's remaining steps simulated from the executed state
-  (the others replaying the log), a look-ahead that is scored and then dropped.
+  (the others replaying the log), a look-ahead that is scored and then dropped. With
+  ``agent_rewards`` the chain's end also reports ``info["agent_task_reward"]`` ``(N,)``: the same
+  terms scored for each plan column's agent alone (:meth:`~blm_gym.rewards.terms.RewardContext.each_agent`;
+  NaN for padding and agents the policy does not drive), the per-agent credit of
+  :class:`~blm_gym.rl.agent_ppo.AgentPPO`.
 
 :class:`Loop` ``open`` is BLM's original set-up: one chain per episode from a logged state,
 the whole plan (``future_steps``) executed before scoring.
@@ -72,6 +76,7 @@ class DenoisingMDP(gym.Env):
     ``seed``: each episode's noise comes from ``default_rng([seed, episode])``;
     ``reset(options={"episode": e})`` plays episode ``e`` (so a resumed run draws what the
     uninterrupted one drew) and ``reset(seed=s)`` restarts at episode 0 under seed ``s``.
+    ``agent_rewards``: also score every planned agent alone (``info["agent_task_reward"]``).
     """
 
     metadata = {"render_modes": []}
@@ -80,7 +85,8 @@ class DenoisingMDP(gym.Env):
                  reward: RewardTerm, *, loop: Loop | str = Loop.CLOSED, num_chains: int = 8, num_steps: int = 5,
                  tuned_denoise_steps: int = 5, eta: float = 0.0, std_floor: float = 0.3, kl_coef: float = 0.01,
                  max_agents: int = 32, replan_every_s: float = 1.0, controlled: str = "all_vehicles",
-                 plan_weight: float = 0.0, seed: int = 0, offset: int = 0, stride: int = 1):
+                 plan_weight: float = 0.0, agent_rewards: bool = False, seed: int = 0, offset: int = 0,
+                 stride: int = 1):
         if not 1 <= tuned_denoise_steps <= num_steps:
             raise ValueError(f"DenoisingMDP: tuned_denoise_steps must be in [1, num_steps={num_steps}], "
                              f"got {tuned_denoise_steps}")
@@ -108,7 +114,7 @@ class DenoisingMDP(gym.Env):
         self.problems, self.reward, self.controlled = list(problems), reward, controlled
         self.num_steps, self.tuned_denoise_steps = num_steps, tuned_denoise_steps
         self.eta, self.std_floor, self.kl_coef = float(eta), float(std_floor), float(kl_coef)
-        self.plan_weight = float(plan_weight)
+        self.plan_weight, self.agent_rewards = float(plan_weight), bool(agent_rewards)
         self.timesteps = model.timesteps(num_steps)
         self.seed, self.offset, self.stride = int(seed), int(offset), int(stride)
         self._episode = 0
@@ -196,9 +202,13 @@ class DenoisingMDP(gym.Env):
         reward = self.kl_reward(a)
         self._x, self._i = a, self._i + 1
         info = {"kl_reward": reward, "task_reward": 0.0, "chain_end": False, "problem": self._problem}
+        if self.agent_rewards:  # every step's info has the same keys (the replay buffer stacks them)
+            info["agent_task_reward"] = np.full(self.latent_space.shape[0], np.nan)
         if self._i < self.num_steps:
             return self._obs(), reward, False, False, info
-        info["chunk"], info["task_reward"] = self._execute()
+        info["chunk"], info["task_reward"], agent_task = self._execute()
+        if self.agent_rewards:
+            info["agent_task_reward"] = agent_task
         info["chain_end"] = True
         self._chain += 1
         done = self._chain == self.num_chains
@@ -214,25 +224,36 @@ class DenoisingMDP(gym.Env):
                                                                        self._controlled)))
         return state
 
-    def _score(self, state: SimulatorState, since: int) -> float:
-        """The reward terms over ``state``'s steps from ``since`` on."""
+    def _score(self, state: SimulatorState, since: int, agents: np.ndarray | None) -> tuple[float, np.ndarray]:
+        """The reward terms over ``state``'s steps from ``since`` on: the scene's, and each of
+        ``agents``' alone ``(M,)`` (empty without ``agents``)."""
         window = state.current_step - since + 1
-        return float(self.reward(RewardContext.from_state(state, controlled=self._controlled, window=window)))
+        ctx = RewardContext.from_state(state, controlled=self._controlled, window=window)
+        return float(self.reward(ctx)), np.zeros(0) if agents is None else self.reward(ctx.each_agent(agents))
 
-    def _execute(self) -> tuple[dict, float]:
+    def _execute(self) -> tuple[dict, float, np.ndarray | None]:
         """Execute the chain's plan in the simulator; the reward terms on the states it produced
-        (plus ``plan_weight`` times those over the rest of the plan, simulated ahead)."""
+        (plus ``plan_weight`` times those over the rest of the plan, simulated ahead): the
+        scene's, and with ``agent_rewards`` each plan column's ``(N,)`` (NaN where not driven)."""
         t0 = self._state.current_step
         self.policy.execute(self._x, self._batch, self._state)
         self._state = state = self._simulate_plan(self._state, self.replan_steps)
-        reward = self._score(state, t0)
+        columns = self._batch.agent_index[0].cpu().numpy()
+        driven = (columns >= 0) & self._controlled[np.maximum(columns, 0)]
+        agents = columns[driven] if self.agent_rewards else None
+        reward, per_agent = self._score(state, t0, agents)
         if self.plan_weight:
             ahead = self._simulate_plan(state, self.model.config.future_steps - (state.current_step - t0))
-            reward += self.plan_weight * self._score(ahead, state.current_step)
+            later, later_per_agent = self._score(ahead, state.current_step, agents)
+            reward, per_agent = reward + self.plan_weight * later, per_agent + self.plan_weight * later_per_agent
         sel = slice(t0, state.current_step + 1)
         chunk = {"start": t0, **{k: getattr(state.sim, k)[:, sel] for k in ("x", "y", "heading", "valid")},
                  "collision": state.collision[:, sel], "offroad": state.offroad[:, sel]}
-        return chunk, reward
+        if agents is None:
+            return chunk, reward, None
+        agent_task = np.full(len(columns), np.nan)
+        agent_task[driven] = per_agent
+        return chunk, reward, agent_task
 
 
 def batch_from_obs(plan, future_steps: int, device: torch.device | str = "cpu") -> AgentBatch:
