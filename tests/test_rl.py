@@ -18,7 +18,7 @@ from blm_gym.rewards import RewardContext, make_reward
 from blm_gym.rl import DenoisingMDP, Loop, SceneGroupVectorEnv, chunk_realism
 from blm_gym.rl import group_env
 from blm_gym.sim.state import merge_actions, step, trajectory_checks
-from blm_gym.rl import ppo
+from blm_gym.rl import agent_ppo, ppo
 from blm_gym.rl.ppo import DenoisingActor, FinetuneConfig, finetune, latent_gaussian, validation_split
 from test_rewards import make_scene
 
@@ -112,6 +112,34 @@ def test_non_ego_control_leaves_the_ego_on_its_log(model):
     assert not np.allclose(final.sim.x[1, 6:16], final.log.x[1, 6:16])
 
 
+def test_agent_rewards_are_the_terms_on_each_planned_agent_alone(model):
+    env = mdp(model, reward="collision=1,progress=1", agent_rewards=True)
+    for r, info, state in run_episode(env):
+        if not info["chain_end"]:
+            assert np.isnan(info["agent_task_reward"]).all()
+            continue
+        columns, per_agent = env._batch.agent_index[0].numpy(), info["agent_task_reward"]
+        driven = (columns >= 0) & env._controlled[np.maximum(columns, 0)]  # the two cars, not the pedestrian
+        assert driven.sum() == 2 and np.isnan(per_agent[~driven]).all() and np.isfinite(per_agent[driven]).all()
+        # both terms are means over the scored agents: the scene's score is the mean of the agents' own
+        np.testing.assert_allclose(per_agent[driven].mean(), info["task_reward"])
+        alone = RewardContext.from_state(state, controlled=np.arange(3) == columns[0], window=env.replan_steps + 1)
+        np.testing.assert_allclose(per_agent[0], env.reward(alone))
+
+
+def test_agent_advantages_leave_the_copy_out_and_match_agents_by_id():
+    returns = np.array([[[1.0, 5.0]], [[3.0, 7.0]], [[2.0, 0.0]], [[4.0, 0.0]]])  # (E=4, T=1, N=2), groups of 2
+    agent_id = np.array([[[0, 1]], [[1, 0]], [[2, 3]], [[2, -1]]])
+    scored = agent_id >= 0
+    adv = agent_ppo.leave_one_out_advantages(returns, agent_id, scored, group_size=2)
+    # group 0: agent 0 scored 1 in copy 0 and 7 in copy 1, agent 1 scored 5 and 3
+    np.testing.assert_allclose(adv[:2, 0], [[1 - 7, 5 - 3], [3 - 5, 7 - 1]])
+    # group 1: agent 2 in both copies; agent 3 only in copy 0 (no baseline), copy 1's column 1 is padding
+    np.testing.assert_allclose(adv[2:, 0], [[-2, np.nan], [2, np.nan]])
+    with pytest.raises(ValueError, match="groups of 3"):
+        agent_ppo.leave_one_out_advantages(returns, agent_id, scored, group_size=3)
+
+
 def test_kl_reward_is_the_unbiased_per_dim_estimate(model):
     env = mdp(model, kl_coef=2.0)
     env.reset()
@@ -194,11 +222,13 @@ def cfg(tmp_path, **kw) -> FinetuneConfig:
     return FinetuneConfig(**{**base, **kw})
 
 
-def test_finetune_logs_a_learning_curve_and_resumes_exactly(tmp_path, model):
+@pytest.mark.parametrize("credit", ppo.CREDITS)
+def test_finetune_logs_a_learning_curve_and_resumes_exactly(tmp_path, model, credit):
     save_checkpoint(tmp_path / "base.pt", model)
     scenes, held_out = [scene(), scene(45)], [scene(30)]
-    whole = finetune(cfg(tmp_path, steps=3, out=str(tmp_path / "whole.pt")), scenes=scenes, eval_scenes=held_out)
-    c = cfg(tmp_path)
+    whole = finetune(cfg(tmp_path, steps=3, out=str(tmp_path / "whole.pt"), credit=credit), scenes=scenes,
+                     eval_scenes=held_out)
+    c = cfg(tmp_path, credit=credit)
     path = finetune(c, scenes=scenes, eval_scenes=held_out)
     assert load_checkpoint(path)["step"] == 2
     with pytest.raises(FileExistsError, match="resume"):
@@ -250,6 +280,8 @@ def test_bad_finetune_settings_are_clear_errors():
         FinetuneConfig(gamma=1.5)
     with pytest.raises(ValueError, match="val_scenes must be >= 0"):
         FinetuneConfig(val_scenes=-1)
+    with pytest.raises(ValueError, match="credit must be one of"):
+        FinetuneConfig(credit="everyone")
 
 
 def test_problems_too_short_for_the_episode_are_a_clear_error(model):

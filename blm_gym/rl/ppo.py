@@ -50,6 +50,7 @@ from blm_gym.data.splits import hash_fraction
 from blm_gym.models.blm import BLMModel
 from blm_gym.models.checkpoint import load_checkpoint, load_model, restore_model, save_checkpoint
 from blm_gym.rewards.terms import make_reward
+from blm_gym.rl.agent_ppo import AgentPPO
 from blm_gym.rl.denoising_mdp import DenoisingMDP, Loop, batch_from_obs, masked_dim_mean
 from blm_gym.rl.group_env import SceneGroupVectorEnv
 from tianshou.algorithm import PPO
@@ -70,6 +71,10 @@ class LatentGaussian(Independent):
 
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:
         return masked_dim_mean(self.base_dist.log_prob(value), self.real)
+
+    def agent_log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        """Each agent's own per-dim mean log-prob ``(B, N)`` (padding rows: 0)."""
+        return torch.where(self.real, self.base_dist.log_prob(value).mean((2, 3)), 0.0)
 
 
 def latent_gaussian(params: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> LatentGaussian:
@@ -164,13 +169,16 @@ class FinetuneConfig:
     eta: float = 0.0  # DDIM stochasticity: the closed-loop policy's (deterministic DDIM)
     std_floor: float = 0.3  # minimum policy std (normalised latent units): the exploration noise
     lr: float = 1e-4
+    # scene: Tianshou's PPO, one advantage per scene (critic + GAE); agent: each planned agent's own
+    # reward terms with a leave-one-out baseline over the scene's copies (blm_gym.rl.agent_ppo)
+    credit: str = "scene"
     clip: float = 0.02  # PPO ratio clip (ratios of per-dim mean log-probs)
     kl_coef: float = 0.01  # weight of the KL (per dim) to the pretrained model, paid as reward
     realism_weight: float = 1.0  # weight of the leave-one-out realism term (0: off)
     plan_weight: float = 0.0  # closed loop: weight of the reward terms over the rest of each plan (0: off)
-    vf_coef: float = 0.5
-    gamma: float = 1.0  # discount per MDP step (a chain is tuned_denoise_steps of them)
-    gae_lambda: float = 0.95
+    vf_coef: float = 0.5  # credit=scene: critic loss weight
+    gamma: float = 1.0  # credit=scene: discount per MDP step (a chain is tuned_denoise_steps of them)
+    gae_lambda: float = 0.95  # credit=scene
     repeat: int = 2  # optimisation epochs per iteration
     batch_size: int = 64  # minibatch (transitions)
     max_grad_norm: float = 1.0
@@ -182,12 +190,15 @@ class FinetuneConfig:
         if self.loop not in {m.value for m in Loop} | set(Loop):
             raise ValueError(f"FinetuneConfig.loop must be one of {[m.value for m in Loop]}, got {self.loop!r}")
         object.__setattr__(self, "loop", Loop(self.loop))
+        if self.credit not in CREDITS:
+            raise ValueError(f"FinetuneConfig.credit must be one of {CREDITS}, got {self.credit!r}")
         if not 0.0 <= self.gamma <= 1.0:
             raise ValueError(f"FinetuneConfig.gamma is a discount in [0, 1], got {self.gamma}")
         if self.val_scenes < 0:
             raise ValueError(f"FinetuneConfig.val_scenes must be >= 0 (0: no validation scenes), got {self.val_scenes}")
 
 
+CREDITS = ("scene", "agent")
 CSV_FIELDS = ("iteration", "task_reward", "task_reward_std", "realism", "kl_reward", "loss", "vf_loss", "seconds",
               "eval_failure_rate", "eval_collision_rate_any", "eval_offroad_rate_any",
               "val_failure_rate", "val_collision_rate_any", "val_offroad_rate_any")
@@ -248,8 +259,9 @@ def planning_problems(scenes: Sequence[Scene], start_steps: Sequence[int], need:
 
 
 def build_ppo(cfg: FinetuneConfig, model: BLMModel, reference: BLMModel, problems: Sequence[tuple[Scene, int]]
-              ) -> tuple[PPO, SceneGroupVectorEnv]:
-    """The algorithm (actor = ``model``'s denoiser) and ``scenes_per_step`` groups of
+              ) -> tuple[PPO | AgentPPO, SceneGroupVectorEnv]:
+    """The algorithm (actor = ``model``'s denoiser; :class:`PPO` or, ``credit="agent"``,
+    :class:`~blm_gym.rl.agent_ppo.AgentPPO`) and ``scenes_per_step`` groups of
     ``samples_per_scene`` lockstep MDP copies."""
     reward = make_reward(cfg.reward)
     model.vae.requires_grad_(False)  # the decoder is not part of the policy
@@ -260,7 +272,7 @@ def build_ppo(cfg: FinetuneConfig, model: BLMModel, reference: BLMModel, problem
             num_steps=cfg.num_denoise_steps, tuned_denoise_steps=cfg.tuned_denoise_steps, eta=cfg.eta,
             std_floor=cfg.std_floor, kl_coef=cfg.kl_coef, max_agents=cfg.max_agents,
             replan_every_s=cfg.replan_every_s, controlled=cfg.controlled, plan_weight=cfg.plan_weight,
-            seed=cfg.seed * 1000 + j, offset=j // k, stride=groups))
+            agent_rewards=cfg.credit == "agent", seed=cfg.seed * 1000 + j, offset=j // k, stride=groups))
         for j in range(groups * k)], group_size=k, problems=problems, controlled=cfg.controlled,
         realism_weight=cfg.realism_weight)
     space = envs.get_env_attr("action_space", 0)[0]
@@ -268,6 +280,9 @@ def build_ppo(cfg: FinetuneConfig, model: BLMModel, reference: BLMModel, problem
     actor = DenoisingActor(model, cfg.num_denoise_steps, cfg.eta, cfg.std_floor)
     policy = ProbabilisticActorPolicy(actor=actor, dist_fn=latent_gaussian, action_space=space,
                                       action_scaling=False, action_bound_method=None)
+    if cfg.credit == "agent":
+        return AgentPPO(policy=policy, optim=AdamOptimizerFactory(lr=cfg.lr), group_size=k,
+                        realism_weight=cfg.realism_weight, eps_clip=cfg.clip, max_grad_norm=cfg.max_grad_norm), envs
     critic = ChainCritic(cfg.num_denoise_steps, num_chains, model.config.latent_dim).to(cfg.device)
     algo = PPO(policy=policy, critic=critic, optim=AdamOptimizerFactory(lr=cfg.lr), eps_clip=cfg.clip,
                vf_coef=cfg.vf_coef, ent_coef=0.0, max_grad_norm=cfg.max_grad_norm, gae_lambda=cfg.gae_lambda,
@@ -330,17 +345,19 @@ def plot_learning_curve(rows: list[dict], path: Path) -> None:
 
 
 class _TrainState:
-    """Optimizer + critic state, stored in the checkpoint's ``optimizer`` slot (tensors only)."""
+    """Optimizer (+ critic) state, stored in the checkpoint's ``optimizer`` slot (tensors only)."""
 
-    def __init__(self, algo: PPO):
+    def __init__(self, algo: PPO | AgentPPO):
         self.algo = algo
 
     def state_dict(self) -> dict:
-        return {"optimizer": self.algo.optim.state_dict(), "critic": self.algo.critic.state_dict()}
+        critic = getattr(self.algo, "critic", None)
+        return {"optimizer": self.algo.optim.state_dict(), **({"critic": critic.state_dict()} if critic is not None else {})}
 
     def load_state_dict(self, state: dict) -> None:
         self.algo.optim.load_state_dict(state["optimizer"])
-        self.algo.critic.load_state_dict(state["critic"])
+        if "critic" in state:
+            self.algo.critic.load_state_dict(state["critic"])
 
 
 def _write_csv(path: Path, rows: list[dict]) -> None:
@@ -432,7 +449,8 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, scenes: Sequence[Scene] 
         with policy_within_training_step(algo.policy):
             stats = algo.update(buffer, batch_size=cfg.batch_size, repeat=cfg.repeat)
         buffer.reset()
-        rows.append({"iteration": it, **collected, "loss": stats.loss.mean, "vf_loss": stats.vf_loss.mean,
+        vf_loss = getattr(stats, "vf_loss", None)  # credit=agent has no critic
+        rows.append({"iteration": it, **collected, "loss": stats.loss.mean, "vf_loss": None if vf_loss is None else vf_loss.mean,
                      "seconds": round(time.time() - t0, 3), **evaluated})
         _write_csv(log_path, rows)
         save_checkpoint(out, model, step=it + 1, train_config=config_to_dict(cfg), optimizer=_TrainState(algo))
