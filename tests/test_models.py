@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import numpy as np
 import pytest
@@ -15,6 +16,7 @@ from blm_gym.models.batch import MAX_LANES, mirror, nearest_agents, nearest_lane
 from blm_gym.models.checkpoint import (ArchitectureMismatchError, load_checkpoint, load_model, restore_model,
                                       save_checkpoint)
 from blm_gym.models.schedule import cosine_alpha_bar, ddim_timesteps
+from blm_gym.models.vae import agent_frame_lane_points
 from blm_gym.policies.base import Policy
 from blm_gym.policies.latent_diffusion import LatentDiffusionPolicy
 from blm_gym.sim.kinematics import unicycle_rollout
@@ -89,6 +91,23 @@ def test_agent_batch_layout():
     with pytest.raises(ValueError, match="max_agents"):
         collate([b, make_agent_batch(scene, 20, max_agents=4)])
     assert len(list(scene_windows([scene], stride=5))) == len(range(9, 80 - 52 - 1, 5))
+
+
+def test_agent_frame_lane_points_give_lateral_offset_and_heading_error():
+    b = make_agent_batch(toy_scene(), 20, max_agents=8)
+    lanes = torch.tensor([[[x, y] for x in np.linspace(-50, 150, 9)] for y in (0.0, 3.5, 7.0)])[None].float()
+    pose = torch.tensor([[[10.0, 1.0, 0.0, 5.0], [20.0, 6.0, math.pi / 2, 5.0]]])  # two agents, the second facing +y
+    lanes = agent_frame_lane_points(dataclasses.replace(b, state_scene=pose, lanes=lanes,
+                                                        lane_mask=torch.ones(1, 3, 9, dtype=torch.bool)), 4)
+    assert lanes.shape == (1, 2, 4, 5)
+    # facing +x at y = 1: the lane at y = 0 is 1 m to the right, then y = 3.5 (2.5 m left), no fourth lane
+    np.testing.assert_allclose(lanes[0, 0, :, :2], [[0, -1], [0, 2.5], [0, 6], [0, 0]], atol=1e-4)
+    np.testing.assert_allclose(lanes[0, 0, :3, 2:], [[1, 0, 1]] * 3, atol=1e-5)
+    assert lanes[0, 0, 3].abs().sum() == 0
+    # facing +y at y = 6: the lane at y = 7 lies 1 m ahead, running to the agent's right (-90 degrees)
+    np.testing.assert_allclose(lanes[0, 1, 0], [1, 0, 0, -1, 1], atol=1e-4)
+    model = BLMModel(dataclasses.replace(TINY, agent_lane_points=4))
+    assert model.denoiser.encode(b)[0].shape == (1, 8, 16)
 
 
 def test_mirror_is_a_consistent_reflection():

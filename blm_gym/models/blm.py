@@ -61,6 +61,7 @@ class BLMConfig:
     sample_steps: int = 5  # default DDIM steps (5 beat 10 and 20 on nuScenes-mini val ADE)
     accel_scale: float = 4.0  # m/s^2; actions are divided by these scales inside the nets
     yaw_scale: float = 0.5  # rad/s
+    agent_lane_points: int = 0  # lane points nearest each agent, in its frame, in the denoiser's agent embedding
 
     @property
     def latent_steps(self) -> int:
@@ -75,7 +76,7 @@ class BLMModel(nn.Module):
         self.config = c = config
         self.vae = ActionVAE(c.future_steps, c.history_steps, c.latent_dim, c.vae_channels, (c.accel_scale, c.yaw_scale))
         self.denoiser = SceneDenoiser(c.latent_steps, c.latent_dim, c.history_steps, c.d_model, c.num_layers,
-                                      c.num_heads, c.train_steps)
+                                      c.num_heads, c.train_steps, c.agent_lane_points)
         self.schedule = DiffusionSchedule(c.train_steps)
         # per-channel std of the VAE posterior means on training data, set after stage 1
         self.register_buffer("latent_scale", torch.ones(c.latent_dim))

@@ -38,10 +38,17 @@ def package_version() -> str:
         return "unknown"
 
 
+# BLMConfig fields of optional features: switched off (their default) they are left out of the
+# signature, so checkpoints written before the feature existed still load
+OPTIONAL_FEATURES = ("agent_lane_points",)
+
+
 def architecture_signature(model: BLMModel) -> str:
-    """Hash of the model config and all state-dict entry names and shapes."""
+    """Hash of the model config (optional features only when on) and all state-dict entry names and shapes."""
     shapes = {k: list(v.shape) for k, v in model.state_dict().items()}
-    blob = json.dumps({"config": dataclasses.asdict(model.config), "shapes": shapes}, sort_keys=True)
+    config = {k: v for k, v in dataclasses.asdict(model.config).items()
+              if not (k in OPTIONAL_FEATURES and v == getattr(BLMConfig, k))}
+    blob = json.dumps({"config": config, "shapes": shapes}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from blm_gym.models.batch import AgentBatch
-from blm_gym.models.vae import AgentEncoder
+from blm_gym.models.vae import AgentEncoder, lane_directions
 
 
 @dataclass(frozen=True)
@@ -64,9 +64,7 @@ class MapEncoder(nn.Module):
         self.null_token = nn.Parameter(torch.zeros(1, 1, dim))
 
     def forward(self, lanes: torch.Tensor, lane_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        direction = torch.diff(lanes, dim=-2, append=lanes[..., -1:, :] * 2 - lanes[..., -2:-1, :])
-        direction = direction / direction.norm(dim=-1, keepdim=True).clamp(min=1e-3)
-        h = self.point_mlp(torch.cat([lanes * 0.02, direction], -1))
+        h = self.point_mlp(torch.cat([lanes * 0.02, lane_directions(lanes)], -1))
         h = h.masked_fill(~lane_mask[..., None], -1e4).amax(-2)
         tokens = self.lane_mlp(h)
         b = lanes.shape[0]
@@ -141,10 +139,10 @@ class SceneDenoiser(nn.Module):
     """Predicts clean latents ``x_0`` ``(B, N, T', d)`` from ``x_t``, step ``t`` ``(B,)`` and a context."""
 
     def __init__(self, latent_steps: int, latent_dim: int, history_steps: int, dim: int, layers: int, heads: int,
-                 train_steps: int):
+                 train_steps: int, lane_points: int = 0):
         super().__init__()
         self.dim, self.train_steps = dim, train_steps
-        self.agent_encoder = AgentEncoder(history_steps, dim, with_pose=True)
+        self.agent_encoder = AgentEncoder(history_steps, dim, with_pose=True, lane_points=lane_points)
         self.map_encoder = MapEncoder(dim)
         self.map_agent_attn = Attention(dim, heads)  # agents read the map once per scene
         self.in_proj = nn.Linear(latent_dim, dim)

@@ -33,20 +33,59 @@ def agent_frame_history(batch: AgentBatch) -> torch.Tensor:
     return rel * valid[..., None]
 
 
+def lane_directions(lanes: torch.Tensor) -> torch.Tensor:
+    """Unit direction ``(..., P, 2)`` of lane polylines ``(..., P, 2)`` at each point (the last
+    point continues the last segment)."""
+    direction = torch.diff(lanes, dim=-2, append=lanes[..., -1:, :] * 2 - lanes[..., -2:-1, :])
+    return direction / direction.norm(dim=-1, keepdim=True).clamp(min=1e-3)
+
+
+def agent_frame_lane_points(batch: AgentBatch, k: int) -> torch.Tensor:
+    """For the ``k`` lanes nearest each agent, nearest first, the lane's closest point to the agent
+    in the agent's current frame: ``(B, N, k, 5)`` = x, y [m] (x forward, y left), cos and sin of
+    the lane's direction there minus the agent's heading, and 1 for a real lane (all 0 where the
+    map has fewer than ``k`` lanes).
+
+    Where an agent is in its lane is a decimetre-scale question that scene-frame lane tokens
+    answer poorly; in the agent's frame the lateral offset and heading error are direct inputs."""
+    cx, cy, ch = (batch.state_scene[..., i, None, None] for i in range(3))  # (B, N, 1, 1)
+    c, s = torch.cos(ch), torch.sin(ch)
+    lanes = batch.lanes[:, None]  # (B, 1, L, P, 2)
+    dx, dy = lanes[..., 0] - cx, lanes[..., 1] - cy
+    x, y = c * dx + s * dy, -s * dx + c * dy  # lane points in each agent's frame (B, N, L, P)
+    # the closest point of every segment to the agent (the frame's origin)
+    sx, sy = x.diff(dim=-1), y.diff(dim=-1)
+    t = (-(x[..., :-1] * sx + y[..., :-1] * sy) / (sx * sx + sy * sy).clamp(min=1e-6)).clamp(0, 1)
+    qx, qy = x[..., :-1] + t * sx, y[..., :-1] + t * sy
+    segment = (batch.lane_mask[..., 1:] & batch.lane_mask[..., :-1])[:, None]
+    dist, seg = torch.hypot(qx, qy).masked_fill(~segment, torch.inf).min(-1)  # nearest segment per lane (B, N, L)
+    near, lane = dist.topk(min(k, dist.shape[-1]), dim=-1, largest=False)  # (B, N, k)
+
+    def at(v: torch.Tensor) -> torch.Tensor:  # v (B, N, L, P - 1) at the nearest lanes' nearest segments
+        return torch.gather(torch.gather(v, -1, seg[..., None]).squeeze(-1), -1, lane)
+
+    norm = torch.hypot(sx, sy).clamp(min=1e-6)
+    feats = torch.stack([at(qx), at(qy), at(sx / norm), at(sy / norm), torch.ones_like(near)], -1)
+    feats = feats * torch.isfinite(near)[..., None]
+    return nn.functional.pad(feats, (0, 0, 0, k - feats.shape[-2]))
+
+
 class AgentEncoder(nn.Module):
     """Per-agent embedding ``(B, N, D)`` of history (agent frame), speed, extent and type.
 
     ``with_pose`` adds the current pose in the scene frame (where the agent is relative to the
-    ego and the map), which the scene-level denoiser needs and the per-agent VAE does not.
+    ego and the map), which the scene-level denoiser needs and the per-agent VAE does not;
+    ``lane_points`` > 0 the nearest lane points in the agent's frame (:func:`agent_frame_lane_points`).
     """
 
-    def __init__(self, history_steps: int, dim: int, with_pose: bool):
+    def __init__(self, history_steps: int, dim: int, with_pose: bool, lane_points: int = 0):
         super().__init__()
-        self.with_pose = with_pose
-        n_in = history_steps * 6 + 1 + 2 + NUM_AGENT_TYPES + (4 if with_pose else 0)
+        self.with_pose, self.lane_points = with_pose, int(lane_points)
+        n_in = history_steps * 6 + 1 + 2 + NUM_AGENT_TYPES + (4 if with_pose else 0) + 5 * self.lane_points
         self.mlp = nn.Sequential(nn.Linear(n_in, dim), nn.GELU(), nn.Linear(dim, dim), nn.GELU(), nn.Linear(dim, dim))
         # fixed input scales (metres / 10, m/s / 10) keep features O(1) without data statistics
         self.register_buffer("hist_scale", torch.tensor([0.1, 0.1, 1.0, 1.0, 0.1, 1.0]), persistent=False)
+        self.register_buffer("lane_scale", torch.tensor([0.1, 0.1, 1.0, 1.0, 1.0]), persistent=False)
 
     def forward(self, batch: AgentBatch) -> torch.Tensor:
         hist = agent_frame_history(batch) * self.hist_scale
@@ -55,6 +94,8 @@ class AgentEncoder(nn.Module):
         if self.with_pose:
             x, y, h, _ = batch.state_scene.unbind(-1)
             feats.append(torch.stack([x * 0.02, y * 0.02, torch.cos(h), torch.sin(h)], -1))
+        if self.lane_points:
+            feats.append((agent_frame_lane_points(batch, self.lane_points) * self.lane_scale).flatten(-2))
         return self.mlp(torch.cat(feats, -1))
 
 

@@ -41,6 +41,7 @@ class VAETrainConfig:
     vae_channels: int = 64
     d_model: int = 64
     num_layers: int = 2
+    agent_lane_points: int = 0  # nearest lanes, in each agent's frame, in the denoiser's agent embedding (0: none)
     # optimisation
     steps: int = 1500
     batch_size: int = 16  # windows per step (all their agents with a full future)
@@ -64,7 +65,7 @@ class VAETrainConfig:
 
 def model_config(cfg: VAETrainConfig) -> BLMConfig:
     return BLMConfig(latent_dim=cfg.latent_dim, vae_channels=cfg.vae_channels, d_model=cfg.d_model,
-                     num_layers=cfg.num_layers)
+                     num_layers=cfg.num_layers, agent_lane_points=cfg.agent_lane_points)
 
 
 def train_vae(cfg: VAETrainConfig, resume: bool = False,
