@@ -1,7 +1,9 @@
 """PPO fine-tuning of the BLM latent diffusion model toward rule-based rewards (Tianshou 2.0).
 
 Tianshou's own :class:`~tianshou.algorithm.PPO`, unchanged, over the denoising-step MDP of
-:mod:`blm_gym.rl.denoising_mdp` (closed loop by default):
+:mod:`blm_gym.rl.denoising_mdp` (closed loop by default), one advantage per scene; or, with
+``credit="agent"``, :class:`~blm_gym.rl.agent_ppo.AgentPPO` on the same actor and envs, one
+advantage per planned agent (its own reward terms, a leave-one-out baseline, no critic):
 
 - **actor** (:class:`DenoisingActor`): the denoiser's Gaussian DDIM step
   ``N(mu_theta(x_t, i, ctx), sigma_i^2)`` over the joint latent, ``sigma_i`` from the schedule
@@ -11,7 +13,7 @@ Tianshou's own :class:`~tianshou.algorithm.PPO`, unchanged, over the denoising-s
   sampler and the floor is the exploration noise; evaluation takes the mean. Log-probs are the
   *per-dimension mean* over the real agents' latent dims (DDPO): a sum over ~800 dims makes every
   ratio leave any clip range after one update.
-- **critic** (:class:`ChainCritic`): a small MLP on the chain's position (DDIM step, chain
+- **critic** (:class:`ChainCritic`, ``credit="scene"``): a small MLP on the chain's position (DDIM step, chain
   index) and summaries of ``x_t`` and the scene; GAE over the episode's chains uses it.
 - **rewards**: the reward terms on what each chain executed, the KL penalty to the frozen model
   (every step), and, from the K copies of each scene stepping in lockstep
