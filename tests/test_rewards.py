@@ -114,14 +114,16 @@ def test_rss_flags_a_tailgater_not_a_distant_follower():
     assert rss_violations(close) == -1.0 and rss_violations(far) == 0.0
 
 
-def test_safety_critical_prefers_near_misses_to_far_passes_and_to_collisions():
-    def score(adv_y):
-        # Ego at y=0 and adversary at y=adv_y, driving in parallel at 10 m/s for 1 s.
+def test_safety_critical_rewards_closing_on_the_ego_not_crashing_into_others():
+    def score(adv_y, bystander_y=-8.0):
+        # Ego at y=0, adversary at y=adv_y and a parked bystander, driving in parallel at 10 m/s for 1 s.
         t = np.arange(11) * 0.1
-        x = np.stack([10 + 10 * t, 10 + 10 * t])
-        return float(safety_critical(ctx_of(make_scene(x, [[0.0], [adv_y]], speed=np.full_like(x, 10.0)))))
-    near, far, hit = score(2.5), score(8.0), score(1.0)
-    assert near > far and near > hit
+        x = np.stack([10 + 10 * t, 10 + 10 * t, 10 + 10 * t])
+        scene = make_scene(x, [[0.0], [adv_y], [bystander_y]], speed=np.stack([np.full(11, 10.0)] * 2 + [np.zeros(11)]))
+        return float(safety_critical(ctx_of(scene)))
+    near, far, hit_ego, hit_other = score(2.5), score(8.0), score(1.0), score(-6.0, bystander_y=-7.0)
+    assert hit_ego > near > far
+    assert hit_other < far  # the adversary overlaps the bystander: the penalty outweighs everything
     # the adversary enters only after the first step: nothing to make critical, the sample scores 0
     late = make_scene(np.stack([10 + 10 * np.arange(11) * 0.1] * 2), [[0.0], [2.5]], speed=np.full((2, 11), 10.0))
     tr = late.traj

@@ -29,6 +29,7 @@ from typing import Callable, Mapping, Protocol, runtime_checkable
 import numpy as np
 
 from blm_gym.data.scene import AgentType, DrivableArea, Scene, Trajectories
+from blm_gym.sim.geometry import boxes_overlap
 from blm_gym.sim.rss import rss_violations as _rss
 from blm_gym.sim.state import SimulatorState, trajectory_checks
 from blm_gym.sim.ttc import time_to_collision
@@ -260,14 +261,25 @@ def rss_violations(ctx: RewardContext, lateral_weight: float = 1.0) -> np.ndarra
 ADVERSARY_MIN_SPEED = 1.0  # m/s
 
 
+def _overlaps(ctx: RewardContext, agent: np.ndarray) -> np.ndarray:
+    """Bool ``(..., N, T)``: agent ``agent`` (per sample, ``(...)``)'s box overlaps each other agent's."""
+    st = ctx.steps  # (..., T, N)
+    one = lambda a: np.take_along_axis(a, agent[..., None, None], -1)  # noqa: E731  (..., T, 1)
+    pair = lambda k: np.stack(np.broadcast_arrays(one(st[k]), st[k]), -1)  # noqa: E731  (..., T, N, 2)
+    hit = boxes_overlap(*(pair(k) for k in ("x", "y", "heading", "length", "width", "valid")))[..., 0, 1]
+    return _agent_first(hit) & (np.arange(hit.shape[-1]) != agent[..., None])[..., None]
+
+
 def safety_critical(ctx: RewardContext, adversary: int | None = None, distance_scale: float = 5.0,
                     ttc_scale: float = 2.0, collision_penalty: float = 2.0) -> np.ndarray:
-    """Reward for an adversary that brings the ego close to a collision without colliding itself.
+    """Reward for an adversary that makes the ego's situation critical without wrecking the traffic.
 
     ``exp(-d_min / distance_scale) + exp(-ttc_min / ttc_scale) - collision_penalty * collided``:
     ``d_min`` [m] the closest ego-adversary centre distance over the steps, ``ttc_min`` [s] their
-    smallest time to collision (3 discs per box; ``inf`` beyond 5 s, scoring 0), ``collided`` whether the
-    adversary's box overlaps any other agent's at any step. The adversary is agent ``adversary``
+    smallest time to collision (3 discs per box; ``inf`` beyond 5 s, scoring 0; 0 in contact),
+    ``collided`` whether the adversary's box overlaps an agent *other than the ego* at any step
+    (contact with the ego under test is the point; crashing into bystanders is not). The
+    adversary is agent ``adversary``
     or, by default, per sample the valid non-ego vehicle nearest the ego at the first step among
     those moving faster than ``ADVERSARY_MIN_SPEED`` (any vehicle if none moves); a sample with no
     valid non-ego vehicle at its first step scores 0 (closed-loop chains can start so).
@@ -292,7 +304,7 @@ def safety_critical(ctx: RewardContext, adversary: int | None = None, distance_s
     dist = np.hypot(pick(ctx.x) - ctx.x[..., ego, :], pick(ctx.y) - ctx.y[..., ego, :])
     d_min = np.where(both, dist, np.inf).min(-1)
     ttc_min = pick(_agent_first(_ttc(ctx, 5.0, 3)[..., ego, :])).min(-1)
-    collided = pick(ctx.collision).any(-1)
+    collided = (_overlaps(ctx, adv) & (np.arange(n) != ego)[:, None]).any((-2, -1))
     score = np.exp(-d_min / distance_scale) + np.exp(-ttc_min / ttc_scale) - collision_penalty * collided
     return np.where(alone, 0.0, score)
 
