@@ -132,6 +132,14 @@ def test_safety_critical_rewards_closing_on_the_ego_not_crashing_into_others():
     assert float(safety_critical(RewardContext.from_scene(late, tr.x, tr.y, tr.heading, tr.speed, valid))) == 0.0
 
 
+def test_collision_can_leave_contact_with_the_ego_out():
+    # agent 1 overlaps the ego (agent 0); agents 2 and 3 overlap each other, far away
+    scene = make_scene([[10.0], [12.0], [60.0], [62.0]], [[0.0], [0.5], [0.0], [0.5]])
+    assert float(collision(ctx_of(scene))) == -1.0
+    np.testing.assert_allclose(collision(ctx_of(scene), ignore_ego=1), -0.5)  # agents 2 and 3 of 4
+    assert float(collision(ctx_of(scene, controlled=np.array([False, True, False, False])), ignore_ego=1)) == 0.0
+
+
 def test_make_reward_parses_weights_and_parameters():
     r = make_reward("collision=1, offroad=0.5, target_speed(target=12)=0.2, progress")
     assert list(r.terms) == ["collision", "offroad", "target_speed(target=12)", "progress"]

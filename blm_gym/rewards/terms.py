@@ -172,9 +172,19 @@ def _agent_any_mean(hit: np.ndarray, scored: np.ndarray) -> np.ndarray:
     return (hit & scored).any(-1).sum(-1) / np.maximum(agents.sum(-1), 1)
 
 
-def collision(ctx: RewardContext) -> np.ndarray:
-    """Minus the fraction of scored agents whose box overlaps another valid agent's box at any step."""
-    return 0.0 - _agent_any_mean(ctx.collision, ctx.focus)
+def collision(ctx: RewardContext, ignore_ego: float = 0.0) -> np.ndarray:
+    """Minus the fraction of scored agents whose box overlaps another valid agent's box at any step.
+
+    ``ignore_ego=1``: contact with the ego does not count (traffic that should make an AV under
+    test's situations critical without colliding among itself, with ``safety_critical``).
+    """
+    hit = ctx.collision
+    if ignore_ego:
+        st = ctx.steps
+        pairs = boxes_overlap(st["x"], st["y"], st["heading"], st["length"], st["width"], st["valid"])  # (..., T, N, N)
+        others = np.arange(pairs.shape[-1]) != ctx.ego_index
+        hit = _agent_first((pairs & others & others[:, None]).any(-1))
+    return 0.0 - _agent_any_mean(hit, ctx.focus)
 
 
 def offroad(ctx: RewardContext, from_road: float = 0.0) -> np.ndarray:
