@@ -10,8 +10,9 @@ best as ``<out>/<loop>_loop.best.pt`` (the shipped ``blm_safe.pt`` is the closed
 comparing the two come from ``benchmarks/results_md.py`` (``@safe`` / ``@open`` columns)::
 
     python benchmarks/finetune_eval.py --minutes 25 --out runs/stage3
-    python benchmarks/finetune_eval.py --minutes 30 --reward safety_critical=1 --set controlled=non_ego \\
-        --loops closed --out runs/stage3_adversarial
+    python benchmarks/finetune_eval.py --minutes 25 --loops closed --out runs/stage3_adversarial \\
+        --reward "safety_critical=1,collision(ignore_ego=1)=1,offroad(from_road=1)=1" \\
+        --set controlled=non_ego val_scenes=0
 """
 from __future__ import annotations
 

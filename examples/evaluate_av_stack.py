@@ -41,7 +41,7 @@ from blm_gym.render import RenderConfig, write_video  # noqa: E402
 from blm_gym.rewards import CollisionPenalty, OffroadPenalty, ProgressReward, TTCPenalty  # noqa: E402
 
 VAL_SCENES = ("scene-0103", "scene-0916")  # official nuScenes v1.0-mini val split
-ADVERSARIAL = Path(blm_gym.__file__).parent / "assets" / "blm_nuscenes_adversarial.pt"
+ADVERSARIAL = Path(blm_gym.__file__).parent / "assets" / "blm_adversarial.pt"
 
 
 @dataclass(frozen=True)
