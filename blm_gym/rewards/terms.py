@@ -172,6 +172,12 @@ def _agent_any_mean(hit: np.ndarray, scored: np.ndarray) -> np.ndarray:
     return (hit & scored).any(-1).sum(-1) / np.maximum(agents.sum(-1), 1)
 
 
+def _pair_overlaps(ctx: RewardContext) -> np.ndarray:
+    """Bool ``(..., T, N, N)``: agents ``i`` and ``j``'s boxes overlap at a step (the simulator's test)."""
+    st = ctx.steps
+    return boxes_overlap(st["x"], st["y"], st["heading"], st["length"], st["width"], st["valid"])
+
+
 def collision(ctx: RewardContext, ignore_ego: float = 0.0) -> np.ndarray:
     """Minus the fraction of scored agents whose box overlaps another valid agent's box at any step.
 
@@ -180,8 +186,7 @@ def collision(ctx: RewardContext, ignore_ego: float = 0.0) -> np.ndarray:
     """
     hit = ctx.collision
     if ignore_ego:
-        st = ctx.steps
-        pairs = boxes_overlap(st["x"], st["y"], st["heading"], st["length"], st["width"], st["valid"])  # (..., T, N, N)
+        pairs = _pair_overlaps(ctx)
         others = np.arange(pairs.shape[-1]) != ctx.ego_index
         hit = _agent_first((pairs & others & others[:, None]).any(-1))
     return 0.0 - _agent_any_mean(hit, ctx.focus)
@@ -271,15 +276,6 @@ def rss_violations(ctx: RewardContext, lateral_weight: float = 1.0) -> np.ndarra
 ADVERSARY_MIN_SPEED = 1.0  # m/s
 
 
-def _overlaps(ctx: RewardContext, agent: np.ndarray) -> np.ndarray:
-    """Bool ``(..., N, T)``: agent ``agent`` (per sample, ``(...)``)'s box overlaps each other agent's."""
-    st = ctx.steps  # (..., T, N)
-    one = lambda a: np.take_along_axis(a, agent[..., None, None], -1)  # noqa: E731  (..., T, 1)
-    pair = lambda k: np.stack(np.broadcast_arrays(one(st[k]), st[k]), -1)  # noqa: E731  (..., T, N, 2)
-    hit = boxes_overlap(*(pair(k) for k in ("x", "y", "heading", "length", "width", "valid")))[..., 0, 1]
-    return _agent_first(hit) & (np.arange(hit.shape[-1]) != agent[..., None])[..., None]
-
-
 def safety_critical(ctx: RewardContext, adversary: int | None = None, distance_scale: float = 5.0,
                     ttc_scale: float = 2.0, collision_penalty: float = 2.0) -> np.ndarray:
     """Reward for an adversary that makes the ego's situation critical without wrecking the traffic.
@@ -314,7 +310,8 @@ def safety_critical(ctx: RewardContext, adversary: int | None = None, distance_s
     dist = np.hypot(pick(ctx.x) - ctx.x[..., ego, :], pick(ctx.y) - ctx.y[..., ego, :])
     d_min = np.where(both, dist, np.inf).min(-1)
     ttc_min = pick(_agent_first(_ttc(ctx, 5.0, 3)[..., ego, :])).min(-1)
-    collided = (_overlaps(ctx, adv) & (np.arange(n) != ego)[:, None]).any((-2, -1))
+    adversary_hits = np.take_along_axis(_pair_overlaps(ctx), adv[..., None, None, None], -2)[..., 0, :]  # (..., T, N)
+    collided = (adversary_hits & (np.arange(n) != ego)).any((-2, -1))
     score = np.exp(-d_min / distance_scale) + np.exp(-ttc_min / ttc_scale) - collision_penalty * collided
     return np.where(alone, 0.0, score)
 
