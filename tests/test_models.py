@@ -108,6 +108,8 @@ def test_agent_frame_lane_points_give_lateral_offset_and_heading_error():
     np.testing.assert_allclose(lanes[0, 1, 0], [1, 0, 0, -1, 1], atol=1e-4)
     model = BLMModel(dataclasses.replace(TINY, agent_lane_points=4))
     assert model.denoiser.encode(b)[0].shape == (1, 8, 16)
+    with pytest.raises(ValueError, match="agent_lane_points is a number of lanes"):
+        dataclasses.replace(TINY, agent_lane_points=-1)
 
 
 def test_mirror_is_a_consistent_reflection():

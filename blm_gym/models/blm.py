@@ -61,7 +61,11 @@ class BLMConfig:
     sample_steps: int = 5  # default DDIM steps (5 beat 10 and 20 on nuScenes-mini val ADE)
     accel_scale: float = 4.0  # m/s^2; actions are divided by these scales inside the nets
     yaw_scale: float = 0.5  # rad/s
-    agent_lane_points: int = 0  # lane points nearest each agent, in its frame, in the denoiser's agent embedding
+    agent_lane_points: int = 0  # nearest lanes, in each agent's frame, in the denoiser's agent embedding (0: off)
+
+    def __post_init__(self):
+        if self.agent_lane_points < 0:
+            raise ValueError(f"BLMConfig.agent_lane_points is a number of lanes (0: off), got {self.agent_lane_points}")
 
     @property
     def latent_steps(self) -> int:
