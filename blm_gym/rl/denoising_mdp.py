@@ -238,9 +238,11 @@ class DenoisingMDP(gym.Env):
         t0 = self._state.current_step
         self.policy.execute(self._x, self._batch, self._state)
         self._state = state = self._simulate_plan(self._state, self.replan_steps)
-        columns = self._batch.agent_index[0].cpu().numpy()
-        driven = (columns >= 0) & self._controlled[np.maximum(columns, 0)]
-        agents = columns[driven] if self.agent_rewards else None
+        agents = None
+        if self.agent_rewards:  # the plan columns' scene agents that the policy drives
+            columns = self._batch.agent_index[0].cpu().numpy()
+            driven = (columns >= 0) & self._controlled[np.maximum(columns, 0)]
+            agents = columns[driven]
         reward, per_agent = self._score(state, t0, agents)
         if self.plan_weight:
             ahead = self._simulate_plan(state, self.model.config.future_steps - (state.current_step - t0))
