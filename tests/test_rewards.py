@@ -26,6 +26,7 @@ from blm_gym.rewards import (
     target_speed,
     time_to_collision_penalty,
 )
+from blm_gym.sim.record import Rollout
 from blm_gym.sim.state import Action, SimulatorState, step as sim_step
 
 
@@ -106,6 +107,25 @@ def test_terms_score_every_leading_sample_separately():
                                    np.ones(x.shape, bool))
     np.testing.assert_array_equal(collision(ctx), [-1.0, 0.0])
     assert make_reward("collision=2,offroad")(ctx).shape == (2,)
+
+
+def test_a_recorded_rollout_scores_like_its_states():
+    # K = 2 samples of 3 cars over 6 steps: sample 1 has cars 0 and 1 touching and car 2 leaving the road
+    t = np.arange(6, dtype=np.float32)
+    x = np.stack([np.stack([10 + t, 30 + t, 60 + t]), np.stack([10 + t, 13 + t, 60 + 10 * t])])
+    y = np.stack([np.zeros((3, 6)), np.stack([0 * t, 0 * t, 3 * t])]).astype(np.float32)
+    scene = make_scene(x[0], y[0], speed=np.full((3, 6), 10.0))
+    valid = np.ones(x.shape, bool)
+    rollout = Rollout.from_states(
+        scene.road.drivable, scene_id="test", source="test", policy="hand", dt=scene.dt, start_step=0,
+        ego_index=0, agent_ids=scene.agent_ids, agent_type=scene.agent_type, controlled=np.array([False, True, True]),
+        x=x, y=y, heading=np.zeros_like(x), speed=np.full(x.shape, 10.0, np.float32), valid=valid, log=scene.traj)
+    reward = make_reward("collision=1,offroad(from_road=1)=1,comfort=0.1")
+    from_states = RewardContext.from_scene(scene, x, y, np.zeros_like(x), np.full(x.shape, 10.0), valid,
+                                           controlled=[False, True, True])
+    scores = reward(RewardContext.from_rollout(rollout, scene.road.drivable))
+    np.testing.assert_allclose(scores, reward(from_states))
+    assert scores[1] < scores[0]
 
 
 def test_rss_flags_a_tailgater_not_a_distant_follower():

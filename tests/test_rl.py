@@ -241,7 +241,7 @@ def test_finetune_logs_a_learning_curve_and_resumes_exactly(tmp_path, model, cre
     with open(path.with_suffix(".csv"), newline="") as f:
         rows = list(csv.DictReader(f))
     assert [int(r["iteration"]) for r in rows] == [0, 1, 2, 3]  # 3: the final weights, evaluated only
-    assert all(np.isfinite(float(r[k])) for r in rows[:3] for k in ("task_reward", "kl_reward", "eval_failure_rate"))
+    assert all(np.isfinite(float(r[k])) for r in rows[:3] for k in ("task_reward", "kl_reward", "eval_failure_rate", "eval_task_reward"))
     assert np.isfinite(float(rows[3]["eval_failure_rate"])) and rows[3]["task_reward"] == ""
     assert path.with_suffix(".png").stat().st_size > 0
 
@@ -256,21 +256,23 @@ def test_validation_split_takes_every_source_in_turn_whatever_the_order():
     assert sorted(s.source for s in validation_split(scenes, 100)[1]) == ["a"] * 3 + ["b"]  # half of each at most
 
 
-def test_validation_rates_choose_the_kept_weights(tmp_path, model, monkeypatch):
+# validation values at iterations 0, 1 and of the final weights (2); iteration 1 rates best either way
+@pytest.mark.parametrize("val_metric,values", [("failure_rate", [0.5, 0.2, 0.3]), ("task_reward", [0.2, 0.5, 0.3])])
+def test_validation_rates_choose_the_kept_weights(tmp_path, model, monkeypatch, val_metric, values):
     save_checkpoint(tmp_path / "base.pt", model)
     scenes = [dataclasses.replace(scene(n), scene_id=f"s{n}") for n in (40, 45, 50)]
     train, [val] = validation_split(scenes, 1)
     one_iteration = finetune(cfg(tmp_path, steps=1, out=str(tmp_path / "one.pt")), scenes=train)
-    rates = iter([0.5, 0.2, 0.3])  # validation failure rate at iterations 0, 1 and of the final weights (2)
+    rates = iter(values)
     monkeypatch.setattr(ppo, "evaluate", lambda m, scenes, c, prefix="eval": (
         {f"{prefix}_{k}": r for r in [next(rates)] for k in ppo.EVAL_METRICS} if scenes == [val] else pytest.fail()))
-    path = finetune(cfg(tmp_path, val_scenes=1), scenes=scenes)
+    path = finetune(cfg(tmp_path, val_scenes=1, val_metric=val_metric), scenes=scenes)
     best = ppo.best_checkpoint(path)
     assert load_checkpoint(best)["step"] == 1
     kept, expected = load_model(best), load_model(one_iteration)
     assert all(torch.equal(a, b) for a, b in zip(kept.parameters(), expected.parameters()))
     with open(path.with_suffix(".csv"), newline="") as f:
-        assert [float(r["val_failure_rate"]) for r in csv.DictReader(f)] == [0.5, 0.2, 0.3]
+        assert [float(r[f"val_{val_metric}"]) for r in csv.DictReader(f)] == values
 
 
 def test_bad_finetune_settings_are_clear_errors():
@@ -282,6 +284,8 @@ def test_bad_finetune_settings_are_clear_errors():
         FinetuneConfig(val_scenes=-1)
     with pytest.raises(ValueError, match="credit must be one of"):
         FinetuneConfig(credit="everyone")
+    with pytest.raises(ValueError, match="val_metric must be one of"):
+        FinetuneConfig(val_metric="fun")
 
 
 def test_problems_too_short_for_the_episode_are_a_clear_error(model):

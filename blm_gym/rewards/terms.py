@@ -30,6 +30,7 @@ import numpy as np
 
 from blm_gym.data.scene import AgentType, DrivableArea, Scene, Trajectories
 from blm_gym.sim.geometry import boxes_overlap
+from blm_gym.sim.record import Rollout
 from blm_gym.sim.rss import rss_violations as _rss
 from blm_gym.sim.state import SimulatorState, trajectory_checks
 from blm_gym.sim.ttc import time_to_collision
@@ -129,6 +130,17 @@ class RewardContext:
         steps = slice(t0, state.current_step + 1)
         return RewardContext._of(state.sim.select(steps=steps), state.scene, np.arange(state.scene.num_agents),
                                  controlled, state.collision[:, steps], state.offroad[:, steps])
+
+    @staticmethod
+    def from_rollout(rollout: Rollout, drivable: DrivableArea) -> "RewardContext":
+        """Context over a recorded rollout's K samples (leading dim K: states ``(K, N, T)``), with the
+        checks it recorded; scores the agents the policy drove (``rollout.controlled``)."""
+        return RewardContext(
+            x=rollout.x, y=rollout.y, heading=rollout.heading, speed=rollout.speed, valid=rollout.valid,
+            length=rollout.log.length, width=rollout.log.width, agent_type=rollout.agent_type,
+            controlled=rollout.controlled, ego_index=rollout.ego_index, dt=rollout.dt, drivable=drivable,
+            collision=rollout.collision, offroad=rollout.offroad,
+        )
 
     @staticmethod
     def _of(states: Trajectories, scene: Scene, idx: np.ndarray, controlled, collision, offroad) -> "RewardContext":

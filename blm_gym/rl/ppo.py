@@ -24,9 +24,11 @@ advantage per planned agent (its own reward terms, a leave-one-out baseline, no 
 logged, an atomic checkpoint written; every ``eval_every`` iterations (from the pretrained weights
 on, and once more after the last) the unguided policy is rolled out closed loop on a fixed set of
 held-out scenes: the learning curve, in the CSV and as a PNG. With ``val_scenes`` some training
-scenes are set aside instead of trained on; the weights with the lowest failure rate on them
-(the pretrained ones included) are kept as ``<out>.best.pt``: PPO on a few scenes per iteration
-drifts after a while, and the held-out scenes must not be the ones that choose when to stop.
+scenes are set aside instead of trained on; the weights they rate best (the pretrained ones
+included) are kept as ``<out>.best.pt``: PPO on a few scenes per iteration drifts after a while,
+and the held-out scenes must not be the ones that choose when to stop. ``val_metric`` is the
+rating: the lowest failure rate (safety objectives) or the highest task reward on the whole
+rollouts (any objective, e.g. safety-critical traffic, where fewer failures is not the goal).
 """
 from __future__ import annotations
 
@@ -51,7 +53,7 @@ from blm_gym.data.scene import Scene
 from blm_gym.data.splits import hash_fraction
 from blm_gym.models.blm import BLMModel
 from blm_gym.models.checkpoint import load_checkpoint, load_model, restore_model, save_checkpoint
-from blm_gym.rewards.terms import make_reward
+from blm_gym.rewards.terms import RewardContext, make_reward
 from blm_gym.rl.agent_ppo import AgentPPO
 from blm_gym.rl.denoising_mdp import DenoisingMDP, Loop, batch_from_obs, masked_dim_mean
 from blm_gym.rl.group_env import SceneGroupVectorEnv
@@ -153,6 +155,7 @@ class FinetuneConfig:
     eval_start_step: int = 30  # log step the evaluation episodes start from
     eval_horizon_s: float = 8.0
     val_scenes: int = 0  # training scenes set aside to choose the iteration (<out>.best.pt); 0: off
+    val_metric: str = "failure_rate"  # what chooses it: lowest failure_rate or highest task_reward (VAL_METRICS)
 
     loop: Loop = Loop.CLOSED  # closed: chains every replan from simulated states; open: BLM's one plan
     num_chains: int = 8  # closed loop: plans per episode (8 s at the 1 s replan)
@@ -198,13 +201,17 @@ class FinetuneConfig:
             raise ValueError(f"FinetuneConfig.gamma is a discount in [0, 1], got {self.gamma}")
         if self.val_scenes < 0:
             raise ValueError(f"FinetuneConfig.val_scenes must be >= 0 (0: no validation scenes), got {self.val_scenes}")
+        if self.val_metric not in VAL_METRICS:
+            raise ValueError(f"FinetuneConfig.val_metric must be one of {list(VAL_METRICS)}, got {self.val_metric!r}")
 
 
 CREDITS = ("scene", "agent")
+RATES = ("failure_rate", "collision_rate_any", "offroad_rate_any")  # of the metric report
+EVAL_METRICS = (*RATES, "task_reward")
+# how each metric that can choose the kept weights ranks them: the sign that makes lower better
+VAL_METRICS = {"failure_rate": 1.0, "task_reward": -1.0}
 CSV_FIELDS = ("iteration", "task_reward", "task_reward_std", "realism", "kl_reward", "loss", "vf_loss", "seconds",
-              "eval_failure_rate", "eval_collision_rate_any", "eval_offroad_rate_any",
-              "val_failure_rate", "val_collision_rate_any", "val_offroad_rate_any")
-EVAL_METRICS = ("failure_rate", "collision_rate_any", "offroad_rate_any")
+              *(f"{prefix}_{k}" for prefix in ("eval", "val") for k in EVAL_METRICS))
 
 
 def open_scenes(entries: Sequence[str], split: str, limit: int) -> list[Scene]:
@@ -293,8 +300,8 @@ def build_ppo(cfg: FinetuneConfig, model: BLMModel, reference: BLMModel, problem
 
 
 def evaluate(model: BLMModel, scenes: Sequence[Scene], cfg: FinetuneConfig, prefix: str = "eval") -> dict[str, float]:
-    """Closed-loop failure / collision / off-road rates of the unguided policy on ``scenes``, keyed
-    ``<prefix>_<metric>``."""
+    """Closed-loop failure / collision / off-road rates of the unguided policy on ``scenes`` and
+    the mean of ``cfg.reward`` over its rollouts (each scored whole), keyed ``<prefix>_<metric>``."""
     from blm_gym.metrics.report import compute_report
     from blm_gym.models.guidance import GuidanceConfig
     from blm_gym.policies.latent_diffusion import LatentDiffusionPolicy
@@ -308,9 +315,11 @@ def evaluate(model: BLMModel, scenes: Sequence[Scene], cfg: FinetuneConfig, pref
                                            max_agents=cfg.max_agents, guidance=GuidanceConfig(steps=0))
     rollouts = run_rollouts(Fixed(), policy, scene_ids=Fixed.scene_ids, samples=cfg.eval_samples,
                             start_step=cfg.eval_start_step, horizon_s=cfg.eval_horizon_s, controlled=cfg.controlled, seed=cfg.seed, progress=False)
-    report = compute_report(rollouts, {s.scene_id: s.road.drivable for s in scenes})
-    sim = report["overall"]["sim"]
-    return {f"{prefix}_{k}": sim[k]["value"] for k in EVAL_METRICS}
+    drivable = {s.scene_id: s.road.drivable for s in scenes}
+    sim = compute_report(rollouts, drivable)["overall"]["sim"]
+    reward = make_reward(cfg.reward)
+    task = np.mean([reward(RewardContext.from_rollout(r, drivable[r.scene_id])).mean() for r in rollouts])
+    return {**{f"{prefix}_{k}": sim[k]["value"] for k in RATES}, f"{prefix}_task_reward": float(task)}
 
 
 def plot_learning_curve(rows: list[dict], path: Path) -> None:
@@ -334,7 +343,7 @@ def plot_learning_curve(rows: list[dict], path: Path) -> None:
         a.legend()
     for prefix, style in (("eval", "-"), ("val", ":")):
         ev = [r for r in rows if r.get(f"{prefix}_failure_rate") not in (None, "")]
-        for k in EVAL_METRICS[:1] if prefix == "val" else EVAL_METRICS:
+        for k in RATES[:1] if prefix == "val" else RATES:
             b.plot([int(r["iteration"]) for r in ev], [float(r[f"{prefix}_{k}"]) for r in ev], style, marker="o",
                    label=f"{k} ({'held out' if prefix == 'eval' else 'validation'})")
     b.set_xlabel("iteration")
@@ -419,18 +428,18 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, scenes: Sequence[Scene] 
         with open(log_path, newline="") as f:
             rows = [r for r in csv.DictReader(f) if int(r["iteration"]) < start]
     best_path = best_checkpoint(out)
-    best = min((float(r["val_failure_rate"]) for r in rows if r.get("val_failure_rate") not in (None, "")),
-               default=math.inf)
+    val_key, sign = f"val_{cfg.val_metric}", VAL_METRICS[cfg.val_metric]
+    best = min((sign * float(r[val_key]) for r in rows if r.get(val_key) not in (None, "")), default=math.inf)
 
     def evaluations(step: int) -> dict[str, float]:
         """The learning-curve rates of the current weights (``step`` iterations in); keeps them as
-        ``best_path`` when their validation failure rate is the lowest yet."""
+        ``best_path`` when their validation rating is the best yet."""
         nonlocal best
         rates = evaluate(model, eval_scenes, cfg) if eval_scenes else {}
         if val_scenes:
             rates.update(evaluate(model, val_scenes, cfg, prefix="val"))
-            if rates["val_failure_rate"] < best:  # ties keep the earlier, less drifted weights
-                best = rates["val_failure_rate"]
+            if sign * rates[val_key] < best:  # ties keep the earlier, less drifted weights
+                best = sign * rates[val_key]
                 save_checkpoint(best_path, model, step=step, train_config=config_to_dict(cfg))
         return rates
 
