@@ -26,6 +26,20 @@ class SceneSource(Protocol):
     def load(self, index: int) -> Scene: ...
 
 
+class SceneList:
+    """Scenes already in memory as a :class:`SceneSource` (e.g. validation scenes set aside)."""
+
+    def __init__(self, scenes: Sequence[Scene], name: str = "scenes"):
+        self.scenes, self.name = list(scenes), name
+
+    @property
+    def scene_ids(self) -> tuple[str, ...]:
+        return tuple(s.scene_id for s in self.scenes)
+
+    def load(self, index: int) -> Scene:
+        return self.scenes[index]
+
+
 def resolve_data_dir(data_dir: str | os.PathLike | None, what: str) -> Path:
     """The folder to read ``what`` from: the ``data_dir`` argument, else ``$BLM_GYM_DATA``.
 

@@ -50,6 +50,7 @@ from tqdm import tqdm
 from blm_gym.atomic_files import atomic_path
 from blm_gym.config import config_to_dict
 from blm_gym.data.scene import Scene
+from blm_gym.data.source import SceneList
 from blm_gym.data.splits import hash_fraction
 from blm_gym.models.blm import BLMModel
 from blm_gym.models.checkpoint import load_checkpoint, load_model, restore_model, save_checkpoint
@@ -307,13 +308,10 @@ def evaluate(model: BLMModel, scenes: Sequence[Scene], cfg: FinetuneConfig, pref
     from blm_gym.policies.latent_diffusion import LatentDiffusionPolicy
     from blm_gym.rollout.runner import run_rollouts
 
-    class Fixed:  # the held-out scenes as a source
-        scene_ids = [s.scene_id for s in scenes]
-        load = staticmethod(lambda i: scenes[i])
-
+    source = SceneList(scenes, prefix)
     policy = lambda: LatentDiffusionPolicy(model, replan_every_s=cfg.replan_every_s,  # noqa: E731
                                            max_agents=cfg.max_agents, guidance=GuidanceConfig(steps=0))
-    rollouts = run_rollouts(Fixed(), policy, scene_ids=Fixed.scene_ids, samples=cfg.eval_samples,
+    rollouts = run_rollouts(source, policy, scene_ids=source.scene_ids, samples=cfg.eval_samples,
                             start_step=cfg.eval_start_step, horizon_s=cfg.eval_horizon_s, controlled=cfg.controlled, seed=cfg.seed, progress=False)
     drivable = {s.scene_id: s.road.drivable for s in scenes}
     sim = compute_report(rollouts, drivable)["overall"]["sim"]
