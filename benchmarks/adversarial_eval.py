@@ -15,7 +15,9 @@ model, 10 s closed loop on the nuScenes-mini val scenes, K samples. Reported per
   leave it at some step.
 
 Usage: ``python benchmarks/adversarial_eval.py --checkpoint pretrained=PATH --checkpoint adversarial=PATH
-[--dataset nuscenes-val|womd-heldout]``
+[--dataset nuscenes-val|womd-heldout|validation]``; ``validation`` is the training scenes
+``benchmarks/finetune_eval.py`` sets aside (:data:`~finetune_eval.VAL_SCENES` of every source's train
+split): settings such as the reward mix are compared there, never on the held-out sets.
 """
 from __future__ import annotations
 
@@ -25,11 +27,14 @@ import json
 
 import numpy as np
 
+from finetune_eval import TRAIN_SOURCES, VAL_SCENES, sources
 from policy_table import DATASETS
 
 from blm_gym.data.registry import load_scene, open_source
 from blm_gym.data.scenarionet import ScenarioNetSource
 from blm_gym.data.scene import Trajectories
+from blm_gym.data.source import SceneList
+from blm_gym.rl.ppo import FinetuneConfig, training_scenes, validation_split
 from blm_gym.sim.state import trajectory_checks
 from shared_data import SHARED_DATA
 from blm_gym.metrics.safety import collision_steps, min_ttc_per_sample, offroad_steps, starts_on_road
@@ -78,11 +83,15 @@ def main() -> None:
     p.add_argument("--checkpoint", action="append", required=True, help="NAME=PATH (repeat)")
     p.add_argument("--samples", type=int, default=8)
     p.add_argument("--horizon", type=float, default=10.0)
-    p.add_argument("--dataset", choices=("nuscenes-val", "womd-heldout"), default="nuscenes-val")
+    p.add_argument("--dataset", choices=("nuscenes-val", "womd-heldout", "validation"), default="nuscenes-val")
     args = p.parse_args()
-    folder, ids = DATASETS[args.dataset]
-    source = (open_source("scenarionet", SHARED_DATA / folder, split=ids) if isinstance(ids, str) else
-              ScenarioNetSource(SHARED_DATA / folder, scene_ids=ids))
+    if args.dataset == "validation":
+        scenes = training_scenes(FinetuneConfig(sources=tuple(sources(TRAIN_SOURCES))))
+        source = SceneList(validation_split(scenes, VAL_SCENES)[1], "validation")
+    else:
+        folder, ids = DATASETS[args.dataset]
+        source = (open_source("scenarionet", SHARED_DATA / folder, split=ids) if isinstance(ids, str) else
+                  ScenarioNetSource(SHARED_DATA / folder, scene_ids=ids))
     scene_ids = list(source.scene_ids)
     drivable = {sid: load_scene(source, sid).road.drivable for sid in scene_ids}
     out = {"dataset": args.dataset, "samples_per_scene": args.samples}

@@ -32,14 +32,15 @@ from blm_gym.policies.latent_diffusion import DEFAULT_CHECKPOINT
 TRAIN_SOURCES = ("scenarionet:nuscenes-mini", "scenarionet:womd-sample", "scenarionet:womd-gpudrive",
                  "womd:womd-protos", "interaction:interaction", "av2:av2-sample", "commonroad:commonroad-ngsim")
 EVAL_SOURCES = ("scenarionet:nuscenes-mini", "scenarionet:womd-sample")
+VAL_SCENES = 8  # training scenes set aside to choose the kept iteration
 # FinetuneConfig's defaults plus these (open loop executes the whole plan: no look-ahead term)
-VALIDATION = "val_scenes=8"
+VALIDATION = f"val_scenes={VAL_SCENES}"
 LOOP_SETTINGS = {"closed": ("plan_weight=1",), "open": ()}
 
 
-def sources(entries) -> str:
-    """A ``--set`` value: the entries with their folders under the shared data, as JSON."""
-    return json.dumps([f"{k}:{SHARED_DATA / folder}" for k, folder in (e.split(":", 1) for e in entries)])
+def sources(entries) -> list[str]:
+    """``FinetuneConfig.sources``: the entries with their folders under the shared data."""
+    return [f"{k}:{SHARED_DATA / folder}" for k, folder in (e.split(":", 1) for e in entries)]
 
 
 def main() -> None:
@@ -60,8 +61,8 @@ def main() -> None:
             raise SystemExit(f"--loops: {loop!r} is not one of {sorted(LOOP_SETTINGS)}")
         cmd = [sys.executable, "-m", "blm_gym.cli", "finetune", "--checkpoint", args.checkpoint, "--reward",
                args.reward, "--steps", "100000", "--out", str(out / f"{loop}_loop.pt"), "--set", f"loop={loop}",
-               f"time_budget_min={args.minutes}", f"sources={sources(TRAIN_SOURCES)}",
-               f"eval_sources={sources(EVAL_SOURCES)}", VALIDATION, *LOOP_SETTINGS[loop], *args.set]
+               f"time_budget_min={args.minutes}", f"sources={json.dumps(sources(TRAIN_SOURCES))}",
+               f"eval_sources={json.dumps(sources(EVAL_SOURCES))}", VALIDATION, *LOOP_SETTINGS[loop], *args.set]
         print(" ".join(cmd), file=sys.stderr)
         log = open(out / f"{loop}_loop.log", "w")
         runs[loop] = (subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT), time.perf_counter())
