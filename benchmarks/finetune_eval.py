@@ -1,8 +1,8 @@
 """Stage-3 runs behind the README's results: closed-loop and open-loop PPO fine-tuning, same budget.
 
 Fine-tunes ``--checkpoint`` for ``--reward`` on the *train* split of every shared source
-(``blm_gym.data.splits``) twice, in parallel, one CPU thread each and the same wall-clock budget:
-closed loop (``loop=closed``, the shipped set-up) and open loop (``loop=open``, BLM's one plan
+(``blm_gym.data.splits``) twice, in parallel, ``--threads`` CPU threads each (default 1) and the
+same wall-clock budget: closed loop (``loop=closed``, the shipped set-up) and open loop (``loop=open``, BLM's one plan
 per chain), with :data:`VALIDATION` and :data:`LOOP_SETTINGS`. Each run logs its learning curve on
 a fixed set of held-out scenes (nuScenes-mini val and held-out womd-sample) to
 ``<out>/<loop>_loop.csv`` / ``.png``, and keeps the weights that 8 training scenes set aside rate
@@ -51,10 +51,11 @@ def main() -> None:
     p.add_argument("--loops", default="closed,open")
     p.add_argument("--out", required=True)
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="more FinetuneConfig overrides")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads of each run")
     args = p.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)}
     runs = {}
     for loop in args.loops.split(","):
         if loop not in LOOP_SETTINGS:
