@@ -2,12 +2,14 @@
 
 Fine-tunes ``--checkpoint`` for ``--reward`` on the *train* split of every shared source
 (``blm_gym.data.splits``) twice, in parallel, ``--threads`` CPU threads each (default 1) and the
-same wall-clock budget: closed loop (``loop=closed``, the shipped set-up) and open loop (``loop=open``, BLM's one plan
-per chain), with :data:`VALIDATION` and :data:`LOOP_SETTINGS`. Each run logs its learning curve on
-a fixed set of held-out scenes (nuScenes-mini val and held-out womd-sample) to
-``<out>/<loop>_loop.csv`` / ``.png``, and keeps the weights that 8 training scenes set aside rate
-best as ``<out>/<loop>_loop.best.pt`` (the shipped ``blm_safe.pt`` is the closed loop's). The tables
-comparing the two come from ``benchmarks/results_md.py`` (``@safe`` / ``@open`` columns)::
+same wall-clock budget: closed loop (``loop=closed``, the shipped set-up) and open loop
+(``loop=open``, BLM's one plan per chain), with :data:`VALIDATION` and :data:`LOOP_SETTINGS`.
+Each run logs its learning curve on a fixed set of held-out scenes (nuScenes-mini val and held-out
+womd-sample) to ``<out>/<loop>_loop.csv`` / ``.png``, and keeps the weights that 8 training scenes
+set aside rate best as ``<out>/<loop>_loop.best.pt`` (the shipped ``blm_safe.pt`` is the closed
+loop's). The tables comparing the two come from ``benchmarks/results_md.py`` (``@safe`` /
+``@open`` columns); ``benchmarks/adversarial_eval.py --dataset validation`` rates safety-critical
+runs on the same set-aside scenes::
 
     python benchmarks/finetune_eval.py --minutes 25 --out runs/stage3
     python benchmarks/finetune_eval.py --minutes 25 --loops closed --out runs/stage3_adversarial \\
@@ -53,6 +55,8 @@ def main() -> None:
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="more FinetuneConfig overrides")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads of each run")
     args = p.parse_args()
+    if args.threads < 1:
+        raise SystemExit(f"--threads must be >= 1, got {args.threads}")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)}
