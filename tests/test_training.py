@@ -135,6 +135,22 @@ def test_sources_entry_errors(tmp_path, entry, match):
         train_vae(vae_cfg(tmp_path, data_dir=str(tmp_path / "nowhere"), sources=(entry,)))
 
 
+def test_validation_is_set_aside_from_the_train_split_or_named():
+    """Stages 1-2 validate on a training scene they set aside, never on a held-out one by default;
+    named ``val_scenes`` must be scenes of the data."""
+    from blm_gym.data.registry import open_source
+    from blm_gym.train.common import open_sources
+
+    ids = open_source("synthetic", num_scenes=20, seed=0).scene_ids  # <kind>-000 .. -004; *-004 held out
+    train, val = open_sources("synthetic", None, (), (), 20, 0)
+    assert list(val.scene_ids) == ["intersection-003"]
+    assert set(train[0].scene_ids) == {s for s in ids if not s.endswith("4")} - {"intersection-003"}
+    train, val = open_sources("synthetic", None, (), ("merge-004",), 20, 0)  # named: even a held-out one
+    assert list(val.scene_ids) == ["merge-004"] and "intersection-003" in train[0].scene_ids
+    with pytest.raises(ValueError, match=r"val_scenes \['scene-0103'\] are not scenes of .*val_scenes=\[\]"):
+        open_sources("synthetic", None, (), ("scene-0103",), 20, 0)
+
+
 @pytest.mark.realdata
 def test_sources_train_split_windowed_heldout_never(tmp_path, nuscenes_dir, data_root):
     """Each ``sources`` entry is windowed on its train split only: no window of a held-out scene."""
@@ -158,8 +174,12 @@ def test_sources_train_split_windowed_heldout_never(tmp_path, nuscenes_dir, data
     assert heldout["scenarionet"] == {"49c341dce1f65cdb", "8a346109094cd5aa", "eb4b91b10ca94ff2"}
     assert heldout["commonroad"] == {"USA_Peach-4_8_T-1"}
     torch.manual_seed(cfg.seed)
+    train_sources, val_source = open_sources(cfg.data, cfg.data_dir, cfg.sources, cfg.val_scenes, 0, 0)
+    nuscenes_train = split_scene_ids(open_source("scenarionet", nuscenes_dir), "train", "scenarionet")
+    assert list(val_source.scene_ids) == nuscenes_train[-1:]  # validation: a training scene set aside
+    assert list(train_sources[0].scene_ids) == nuscenes_train[:-1]
     train, val = training_data(cfg, BLMModel(model_config(cfg)))
-    assert val is not None and val.batch_size > 0  # validation: nuScenes mini val, as before
+    assert val is not None and val.batch_size > 0
     windowed, start = {}, 0
     for folder in train.folders:  # map every training window back to its scene id
         cache = WindowCache(folder)
@@ -168,7 +188,7 @@ def test_sources_train_split_windowed_heldout_never(tmp_path, nuscenes_dir, data
         start += cache.num_windows
     assert start == len(train)
     ids = set().union(*windowed.values())
-    assert not ids & (heldout["scenarionet"] | heldout["commonroad"] | {"scene-0103", "scene-0916"})
+    assert not ids & (heldout["scenarionet"] | heldout["commonroad"] | {"scene-0103", "scene-0916", *val_source.scene_ids})
     for kind, name in (("scenarionet", "womd-sample"), ("commonroad", "commonroad")):
         got = next(v for k, v in windowed.items() if name in k)
         assert got and got <= set(split_scene_ids(open_source(kind, entries[kind]), "train", kind))

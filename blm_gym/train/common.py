@@ -35,7 +35,6 @@ from blm_gym.train import distributed
 from blm_gym.train.loader import CachedWindows, InMemoryWindows, StepBatchSampler, Windows, make_loader
 from blm_gym.train.window_cache import WindowConfig, default_cache_dir, open_window_cache
 
-NUSCENES_MINI_VAL = ("scene-0103", "scene-0916")  # official v1.0-mini val split
 VAL_STRIDE = 10  # steps between validation windows
 
 
@@ -65,26 +64,31 @@ def open_sources(data: str, data_dir: str | None, sources: Sequence[str], val_sc
                  synthetic_scenes: int, seed: int) -> tuple[list[SceneSource], SceneSource | None]:
     """(train sources, val source or None), split by scene id; no scene is loaded.
 
-    ``data``: ``"scenarionet"`` (a ScenarioNet folder ``data_dir``; scenes whose id is in
-    ``val_scenes`` go to val, the others train) or ``"synthetic"`` (``synthetic_scenes``
-    highway-env scenes; the last one is val). ``sources``: more sources, ``"<kind>:<data_dir>"``
-    each (:func:`parse_source`), used for training only: each is opened with
-    ``open_source(kind, data_dir, split="train")``, so its held-out scenes
-    (:mod:`blm_gym.data.splits`) and any id in ``val_scenes`` are never trained on.
+    ``data``: ``"scenarionet"`` (a ScenarioNet folder ``data_dir``) or ``"synthetic"``
+    (``synthetic_scenes`` highway-env scenes). Its train split (:mod:`blm_gym.data.splits`) is
+    trained on, less the validation scenes: ``val_scenes`` (ids of its scenes), or by default its
+    last train-split scene set aside (none if it has only one), so that no held-out scene is
+    trained on or validated on unless named. ``sources``: more sources, ``"<kind>:<data_dir>"``
+    each (:func:`parse_source`), for training only: the train split of each.
     """
     from blm_gym.data.registry import SubsetSource, open_source
     from blm_gym.data.source import resolve_data_dir
+    from blm_gym.data.splits import split_scene_ids
 
     parsed = [parse_source(entry) for entry in sources]  # all entries checked before any folder is read
     if data == "scenarionet":
         source = open_source("scenarionet", data_dir)
-        train_ids = [s for s in source.scene_ids if s not in val_scenes]
-        val_ids = [s for s in source.scene_ids if s in val_scenes]
     elif data == "synthetic":
         source = open_source("synthetic", num_scenes=max(synthetic_scenes, 2), seed=seed)
-        train_ids, val_ids = list(source.scene_ids[:-1]), list(source.scene_ids[-1:])
     else:
         raise ValueError(f"unknown data {data!r}: use 'scenarionet' (with data_dir) or 'synthetic'")
+    unknown = sorted(set(val_scenes) - set(source.scene_ids))
+    if unknown:
+        raise ValueError(f"val_scenes {unknown} are not scenes of {source.name!r} (e.g. {list(source.scene_ids)[:3]}); "
+                         "name some of its scenes, or pass val_scenes=[] to set aside its last training scene")
+    train_ids = [s for s in split_scene_ids(source, "train") if s not in val_scenes]
+    val_ids = list(val_scenes) or (train_ids[-1:] if len(train_ids) > 1 else [])
+    train_ids = [s for s in train_ids if s not in val_ids]
     train = [SubsetSource(source, train_ids)] if train_ids else []
     seen = {resolve_data_dir(data_dir, "scenes").resolve(): "data_dir"} if data == "scenarionet" else {}
     for entry, (kind, folder) in zip(sources, parsed):
@@ -94,11 +98,11 @@ def open_sources(data: str, data_dir: str | None, sources: Sequence[str], val_sc
                              "be trained on twice; drop one of them")
         seen[root] = f"sources entry {entry!r}"
         side = open_source(kind, root, split="train")
-        keep = [s for s in side.scene_ids if s not in val_scenes]
-        if keep:
-            train.append(side if len(keep) == len(side.scene_ids) else SubsetSource(side, keep))
+        if side.scene_ids:
+            train.append(side)
     if not train:
-        raise ValueError(f"no training scenes left after holding out val_scenes={list(val_scenes)}")
+        raise ValueError(f"no training scenes left in {source.name!r} after setting aside the validation scenes "
+                         f"{val_ids}: add scenes (data_dir or sources) or name other val_scenes")
     return train, SubsetSource(source, val_ids) if val_ids else None
 
 

@@ -16,7 +16,7 @@ from blm_gym.data.source import SceneSource
 from blm_gym.models.batch import to_world_frame
 from blm_gym.models.blm import BLMModel
 from blm_gym.models.checkpoint import load_model
-from blm_gym.train.common import NUSCENES_MINI_VAL, train_loop, training_data
+from blm_gym.train.common import train_loop, training_data
 
 
 @dataclass(frozen=True)
@@ -27,7 +27,7 @@ class DiffusionTrainConfig:
     data_dir: str | None = None  # None: $BLM_GYM_DATA
     sources: tuple[str, ...] = ()  # more training data, "<kind>:<data_dir>" each (e.g. "interaction:/data/interaction"),
     #                                 train split only (blm_gym.data.splits; train.common.open_sources)
-    val_scenes: tuple[str, ...] = NUSCENES_MINI_VAL
+    val_scenes: tuple[str, ...] = ()  # validation scene ids of the data; (): its last train-split scene
     synthetic_scenes: int = 8
     window_stride: int = 2
     max_agents: int = 32

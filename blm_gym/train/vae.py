@@ -16,7 +16,7 @@ from blm_gym.data.scene import Scene
 from blm_gym.data.source import SceneSource
 from blm_gym.models.batch import AgentBatch
 from blm_gym.models.blm import BLMConfig, BLMModel
-from blm_gym.train.common import NUSCENES_MINI_VAL, train_loop, training_data
+from blm_gym.train.common import train_loop, training_data
 from blm_gym.train.loader import InMemoryWindows, Windows
 
 
@@ -27,8 +27,8 @@ class VAETrainConfig:
     data_dir: str | None = None  # None: $BLM_GYM_DATA
     sources: tuple[str, ...] = ()  # more training data, "<kind>:<data_dir>" each (e.g. "interaction:/data/interaction"),
     #                                 train split only (blm_gym.data.splits; train.common.open_sources)
-    val_scenes: tuple[str, ...] = NUSCENES_MINI_VAL  # scene ids held out for validation
-    synthetic_scenes: int = 8  # scenes recorded when data == "synthetic" (the last one is val)
+    val_scenes: tuple[str, ...] = ()  # validation scene ids of the data; (): its last train-split scene
+    synthetic_scenes: int = 8  # scenes recorded when data == "synthetic"
     window_stride: int = 2  # steps between training windows (0.1 s each)
     max_agents: int = 32  # ego + nearest vehicles per window
     mirror: bool = False  # reflect half the training windows left-right (did not help on nuScenes-mini)
