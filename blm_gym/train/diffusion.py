@@ -37,7 +37,7 @@ class DiffusionTrainConfig:
     loader_workers: int = 2  # DataLoader processes reading batches ahead (0: read in the training process,
     #                          cheaper while the cache sits in the page cache; workers hide disk reads)
     # optimisation
-    steps: int = 1000  # on nuScenes-mini the val loss is lowest near 1000 steps, then it overfits
+    steps: int = 1000  # phase 1 of the shipped blm.pt (README model card; phase 2: 700 more at 64 agents)
     batch_size: int = 16  # windows (scenes) per step
     lr: float = 1e-3
     weight_decay: float = 1e-4
