@@ -27,14 +27,13 @@ import json
 
 import numpy as np
 
-from finetune_eval import TRAIN_SOURCES, VAL_SCENES, sources
+from finetune_eval import validation_scenes
 from policy_table import DATASETS
 
 from blm_gym.data.registry import load_scene, open_source
 from blm_gym.data.scenarionet import ScenarioNetSource
 from blm_gym.data.scene import Trajectories
 from blm_gym.data.source import SceneList
-from blm_gym.rl.ppo import FinetuneConfig, training_scenes, validation_split
 from blm_gym.sim.state import trajectory_checks
 from shared_data import SHARED_DATA
 from blm_gym.metrics.safety import collision_steps, min_ttc_per_sample, offroad_steps, starts_on_road
@@ -86,8 +85,7 @@ def main() -> None:
     p.add_argument("--dataset", choices=("nuscenes-val", "womd-heldout", "validation"), default="nuscenes-val")
     args = p.parse_args()
     if args.dataset == "validation":
-        scenes = training_scenes(FinetuneConfig(sources=tuple(sources(TRAIN_SOURCES))))
-        source = SceneList(validation_split(scenes, VAL_SCENES)[1], "validation")
+        source = SceneList(validation_scenes(), "validation")
     else:
         folder, ids = DATASETS[args.dataset]
         source = (open_source("scenarionet", SHARED_DATA / folder, split=ids) if isinstance(ids, str) else

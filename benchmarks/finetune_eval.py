@@ -7,8 +7,9 @@ same wall-clock budget: closed loop (``loop=closed``, the shipped set-up) and op
 Each run logs its learning curve on a fixed set of held-out scenes (nuScenes-mini val and held-out
 womd-sample) to ``<out>/<loop>_loop.csv`` / ``.png``, and keeps the weights that 8 training scenes
 set aside rate best as ``<out>/<loop>_loop.best.pt`` (the shipped ``blm_safe.pt`` is the closed
-loop's of ``--set seed=1``, which the set-aside scenes rated above seed 0's). The tables
-comparing the two come from ``benchmarks/results_md.py`` (``@safe`` / ``@open`` columns);
+loop's of ``--set seed=1``, which the set-aside scenes rated above seed 0's:
+``benchmarks/validation_rating.py``). The tables comparing the two come from
+``benchmarks/results_md.py`` (``@safe`` / ``@open`` columns);
 ``benchmarks/adversarial_eval.py --dataset validation`` rates safety-critical runs on the same
 set-aside scenes::
 
@@ -44,6 +45,13 @@ LOOP_SETTINGS = {"closed": ("plan_weight=1",), "open": ()}
 def sources(entries) -> list[str]:
     """``FinetuneConfig.sources``: the entries with their folders under the shared data."""
     return [f"{k}:{SHARED_DATA / folder}" for k, folder in (e.split(":", 1) for e in entries)]
+
+
+def validation_scenes() -> list:
+    """The training scenes every run here sets aside (:data:`VAL_SCENES` of :data:`TRAIN_SOURCES`)."""
+    from blm_gym.rl.ppo import FinetuneConfig, training_scenes, validation_split
+
+    return validation_split(training_scenes(FinetuneConfig(sources=tuple(sources(TRAIN_SOURCES)))), VAL_SCENES)[1]
 
 
 def main() -> None:
