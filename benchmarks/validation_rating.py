@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 from finetune_eval import validation_scenes
 
@@ -33,6 +34,9 @@ def main() -> None:
     named = [c.split("=", 1) for c in args.checkpoint]
     if any(len(n) != 2 or not all(n) for n in named):
         raise SystemExit(f"--checkpoint takes NAME=PATH, got {args.checkpoint}")
+    missing = [path for _, path in named if not Path(path).is_file()]
+    if missing:  # before the minutes of loading the scenes
+        raise SystemExit(f"--checkpoint: no such file {missing}")
     cfg = FinetuneConfig(eval_samples=args.samples, reward=args.reward, controlled=args.controlled)
     scenes = validation_scenes()
     for name, path in named:
